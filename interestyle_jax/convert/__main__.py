@@ -1,0 +1,49 @@
+"""``python -m interestyle_jax.convert KIND SRC DST``."""
+
+import argparse
+import importlib
+import sys
+
+from interestyle_jax.convert.common import ConversionError
+
+# kind -> (module, help). Each module exposes ``convert(src, dst, overwrite, **extra)``.
+CONVERTERS = {
+    'stylegan2': ('interestyle_jax.convert.stylegan2',
+                  'StyleGAN2 generator (.pt with g_ema [+ latent_avg], or a bare state dict)'),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The CLI parser, one sub-command per checkpoint kind."""
+  parser = argparse.ArgumentParser(
+      prog='python -m interestyle_jax.convert',
+      description='Convert a PyTorch checkpoint into a Flax model directory '
+                  '(Orbax checkpoint + model.json).')
+  sub = parser.add_subparsers(dest='kind', required=True)
+  for kind, (module, help_text) in CONVERTERS.items():
+    p = sub.add_parser(kind, help=help_text)
+    p.add_argument('src', help='PyTorch checkpoint file')
+    p.add_argument('dst', help='output directory (must not exist)')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing DST')
+    mod = importlib.import_module(module)
+    if hasattr(mod, 'add_arguments'):
+      mod.add_arguments(p)
+  return parser
+
+
+def main(argv=None) -> int:
+  """Runs the converter CLI; returns the process exit code."""
+  args = build_parser().parse_args(argv)
+  module = importlib.import_module(CONVERTERS[args.kind][0])
+  extra = {k: v for k, v in vars(args).items() if k not in ('kind', 'src', 'dst', 'overwrite')}
+  try:
+    out = module.convert(args.src, args.dst, overwrite=args.overwrite, **extra)
+  except (ConversionError, FileExistsError, FileNotFoundError, ImportError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(f'wrote {out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,149 @@
+"""Shared machinery for PyTorch → Flax conversion.
+
+Torch is imported lazily, only when a ``.pt``/``.pth`` file must be read.
+"""
+
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
+
+import flax
+import numpy as np
+
+Path = Tuple[str, ...]
+# A key mapper returns (flax path, numpy array) for a tensor, IGNORE for a
+# tensor that carries no information the Flax model needs, or None when the key
+# is not part of the architecture (reported as unexpected).
+IGNORE = object()
+KeyMapper = Callable[[str, np.ndarray], Any]
+
+TORCH_HINT = ('PyTorch is needed to read .pt/.pth checkpoints: install the '
+              'conversion extra with `pip install "interestyle_jax[torch]"` '
+              '(or `pip install torch==2.13.0`)')
+
+
+class ConversionError(ValueError):
+  """A checkpoint does not match the architecture it is converted to."""
+
+
+def require_torch():
+  """Imports torch, or raises an ImportError with the install hint."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(TORCH_HINT) from e
+  return torch
+
+
+def load_torch_checkpoint(path_or_obj: Union[str, Mapping[str, Any]]) -> Mapping[str, Any]:
+  """Loads a PyTorch checkpoint file (or passes a loaded dict through).
+
+  Args:
+    path_or_obj: path to a ``.pt``/``.pth`` file, or an already loaded dict.
+
+  Returns:
+    The loaded object (a dict).
+  """
+  if isinstance(path_or_obj, Mapping):
+    return path_or_obj
+  torch = require_torch()
+  try:
+    obj = torch.load(path_or_obj, map_location='cpu', weights_only=False)
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # torch raises many types for a corrupt file
+    raise ConversionError(f'{path_or_obj}: not a readable PyTorch checkpoint '
+                          f'({type(e).__name__}: {e})') from e
+  if not isinstance(obj, Mapping):
+    raise ConversionError(f'{path_or_obj}: expected a dict (state dict or checkpoint), '
+                          f'got {type(obj).__name__}')
+  return obj
+
+
+def to_numpy(t) -> np.ndarray:
+  """A torch tensor (or array-like) as a float32/int numpy array."""
+  if hasattr(t, 'detach'):
+    t = t.detach().cpu()
+    if t.is_floating_point():
+      t = t.float()
+    t = t.numpy()
+  a = np.asarray(t)
+  if a.dtype == np.float64:
+    a = a.astype(np.float32)
+  return a
+
+
+def sub_state_dict(sd: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
+  """Entries of ``sd`` under ``prefix`` (e.g. 'encoder.'), prefix removed."""
+  return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def assign_state_dict(template: Mapping[str, Any], sd: Mapping[str, Any],
+                      mapper: KeyMapper, what: str,
+                      source: Optional[str] = None) -> Dict[str, Any]:
+  """Fills a Flax variable tree from a state dict, checking every key and shape.
+
+  Args:
+    template: nested dict of arrays or ShapeDtypeStructs (e.g. from
+      ``jax.eval_shape(module.init, …)``) that defines the expected tree.
+    sd: the PyTorch state dict.
+    mapper: maps each (key, numpy array) to (flax path, array), IGNORE or None.
+    what: architecture name for error messages.
+    source: file name for error messages.
+
+  Returns:
+    A nested dict with the same structure as ``template`` holding numpy arrays.
+
+  Raises:
+    ConversionError: listing every missing key, unexpected key and shape
+      mismatch at once.
+  """
+  expected = flax.traverse_util.flatten_dict(_unfreeze(template))
+  filled: Dict[Path, np.ndarray] = {}
+  unexpected, mismatched = [], []
+  for key, value in sd.items():
+    arr = to_numpy(value)
+    mapped = mapper(key, arr)
+    if mapped is IGNORE:
+      continue
+    if mapped is None:
+      unexpected.append(f'{key} {tuple(arr.shape)}')
+      continue
+    path, arr = mapped
+    path = tuple(path)
+    if path not in expected:
+      unexpected.append(f'{key} {tuple(arr.shape)} (-> {"/".join(path)})')
+      continue
+    want = tuple(expected[path].shape)
+    if tuple(arr.shape) != want:
+      mismatched.append(f'{key}: checkpoint {tuple(arr.shape)} vs model {want} '
+                        f'(at {"/".join(path)})')
+      continue
+    filled[path] = arr.astype(expected[path].dtype)
+  missing = ['/'.join(p) for p in expected if p not in filled]
+  if missing or unexpected or mismatched:
+    lines = [f'{source + ": " if source else ""}checkpoint does not match the {what} '
+             'architecture inferred from it:']
+    for title, items in (('missing', missing), ('unexpected', unexpected),
+                         ('shape mismatch', mismatched)):
+      if items:
+        lines.append(f'  {title} ({len(items)}):')
+        lines.extend(f'    {x}' for x in items)
+    lines.append('Is this the right kind of checkpoint for this converter?')
+    raise ConversionError('\n'.join(lines))
+  return flax.traverse_util.unflatten_dict(filled)
+
+
+def _unfreeze(tree):
+  if isinstance(tree, flax.core.FrozenDict):
+    return flax.core.unfreeze(tree)
+  return tree
+
+
+def count_indexed(keys: Iterable[str], prefix: str, suffix: str) -> int:
+  """Number of distinct integers N with ``prefix + N + suffix`` in ``keys``."""
+  idx = set()
+  for k in keys:
+    if k.startswith(prefix) and k.endswith(suffix):
+      mid = k[len(prefix):len(k) - len(suffix)]
+      if mid.isdigit():
+        idx.add(int(mid))
+  return len(idx)
