@@ -99,6 +99,7 @@ def assign_state_dict(template: Mapping[str, Any], sd: Mapping[str, Any],
   expected = flax.traverse_util.flatten_dict(_unfreeze(template))
   filled: Dict[Path, np.ndarray] = {}
   unexpected, mismatched = [], []
+  mismatched_paths = set()
   for key, value in sd.items():
     arr = to_numpy(value)
     mapped = mapper(key, arr)
@@ -116,9 +117,10 @@ def assign_state_dict(template: Mapping[str, Any], sd: Mapping[str, Any],
     if tuple(arr.shape) != want:
       mismatched.append(f'{key}: checkpoint {tuple(arr.shape)} vs model {want} '
                         f'(at {"/".join(path)})')
+      mismatched_paths.add(path)
       continue
     filled[path] = arr.astype(expected[path].dtype)
-  missing = ['/'.join(p) for p in expected if p not in filled]
+  missing = ['/'.join(p) for p in expected if p not in filled and p not in mismatched_paths]
   if missing or unexpected or mismatched:
     lines = [f'{source + ": " if source else ""}checkpoint does not match the {what} '
              'architecture inferred from it:']
