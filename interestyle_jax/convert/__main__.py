@@ -10,6 +10,13 @@ from interestyle_jax.convert.common import ConversionError
 CONVERTERS = {
     'stylegan2': ('interestyle_jax.convert.stylegan2',
                   'StyleGAN2 generator (.pt with g_ema [+ latent_avg], or a bare state dict)'),
+    'restyle': ('interestyle_jax.convert.restyle',
+                'ReStyle-pSp / IntereStyle checkpoint (.pt with state_dict, latent_avg, opts)'),
+    'irse50': ('interestyle_jax.convert.irse50',
+               'ArcFace IR-SE50 model_ir_se50.pth (ID loss; or an encoder init with '
+               '--as-encoder-backbone)'),
+    'lpips': ('interestyle_jax.convert.lpips',
+              'LPIPS v0.1 AlexNet linear weights (alex.pth) plus --alexnet PATH'),
 }
 
 
