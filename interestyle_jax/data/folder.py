@@ -151,8 +151,11 @@ def pair_folder(root: str) -> List[Pair]:
   for d, what in ((img_dir, 'images (.png/.jpg/.jpeg/.webp)'),
                   (mask_dir, 'masks (.png, same stem as the image)')):
     if not _isdir(d):
+      hint = ''
+      if os.path.basename(root.rstrip('/')) in (IMAGES_SUBDIR, MASKS_SUBDIR):
+        hint = f' (did you mean the parent folder {os.path.dirname(root.rstrip("/"))}?)'
       raise DataValidationError(
-          f'{d} does not exist. A dataset root must contain images/ and masks/; '
+          f'{d} does not exist{hint}. A dataset root must contain images/ and masks/; '
           f'put the {what} there (masks are made with '
           '`python -m interestyle_jax.data.make_masks`).')
   images = list_files(img_dir, IMAGE_EXTS)
