@@ -12,6 +12,7 @@ import math
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,19 +113,56 @@ def encoder_init_from_arcface(config: Dict[str, Any], variables: Mapping[str, An
                     backbone='ir_se', num_layers=config['num_layers'],
                     stage_units=config['stage_units'], width=config['width'])
   enc = BackboneEncoder(**enc_config)
-  init_key, extra_key = jax.random.split(jax.random.PRNGKey(seed))
-  init = jax.jit(enc.init)(init_key, jnp.zeros((1, encoder_size, encoder_size, input_nc)))
-  out = jax.tree_util.tree_map(np.asarray, init)
-  out = {k: dict(v) for k, v in out.items()}
-  for col in ('params', 'batch_stats'):
-    out[col]['backbone'] = jax.tree_util.tree_map(np.asarray, variables[col]['backbone'])
-  kernel = out['params']['backbone']['input_conv']['kernel']  # [3, 3, 3, C]
-  extra = np.asarray(jax.random.normal(
-      extra_key, kernel.shape[:2] + (input_nc - 3, kernel.shape[3])), np.float32)
-  widened = dict(out['params']['backbone']['input_conv'])
-  widened['kernel'] = np.concatenate([kernel, extra], axis=2)
-  out['params']['backbone'] = dict(out['params']['backbone'], input_conv=widened)
+  # Shapes only: running a full init would compile the whole network.
+  template = jax.eval_shape(enc.init, jax.random.PRNGKey(0),
+                            jnp.zeros((1, encoder_size, encoder_size, input_nc)))
+  rng = np.random.default_rng(seed)
+  params = {k: torch_default_init(v, rng) for k, v in template['params'].items()
+            if k != 'backbone'}
+  backbone = jax.tree_util.tree_map(np.asarray, dict(variables['params']['backbone']))
+  kernel = backbone['input_conv']['kernel']  # [3, 3, 3, C]
+  extra = rng.standard_normal(kernel.shape[:2] + (input_nc - 3, kernel.shape[3]))
+  backbone['input_conv'] = {'kernel': np.concatenate([kernel, extra.astype(np.float32)], 2)}
+  params['backbone'] = backbone
+  out = {'params': params,
+         'batch_stats': {'backbone': jax.tree_util.tree_map(
+             np.asarray, variables['batch_stats']['backbone'])}}
+  # The result must fit the encoder exactly (same trunk, widened input conv).
+  assign_state_dict(template, _flat_items(out), lambda k, a: (k, a), 'ReStyle encoder',
+                    'encoder init')
   return enc_config, out
+
+
+def torch_default_init(tree: Mapping[str, Any], rng: np.random.Generator):
+  """PyTorch's default initialisation for a style block's variable shapes.
+
+  Conv weights and biases ~ U(±1/sqrt(fan_in)) (``kaiming_uniform_(a=√5)``),
+  EqualLinear weights ~ N(0, 1) with zero bias — what ReStyle's freshly built
+  GradualStyleBlocks start from.
+
+  Args:
+    tree: ``{'convs_k': {'kernel', 'bias'}, 'linear': {'weight', 'bias'}}`` of
+      shapes.
+    rng: NumPy generator.
+
+  Returns:
+    The same tree of float32 arrays.
+  """
+  out = {}
+  for name, leaves in tree.items():
+    if 'kernel' in leaves:
+      kh, kw, cin, _ = leaves['kernel'].shape
+      bound = 1.0 / math.sqrt(kh * kw * cin)
+      out[name] = {k: rng.uniform(-bound, bound, v.shape).astype(np.float32)
+                   for k, v in leaves.items()}
+    else:
+      out[name] = {'weight': rng.standard_normal(leaves['weight'].shape).astype(np.float32),
+                   'bias': np.zeros(leaves['bias'].shape, np.float32)}
+  return out
+
+
+def _flat_items(tree) -> Dict[Tuple[str, ...], np.ndarray]:
+  return dict(flax.traverse_util.flatten_dict(tree))
 
 
 def load_encoder_init(path: str):

@@ -25,7 +25,7 @@ class AlexNetRef(nn.Module):
 
   def relus(self, x):
     out = []
-    for i, layer in enumerate(self.features):
+    for i, layer in enumerate(self.features[:12]):  # relu5 is the last tap
       x = layer(x)
       if i in (1, 4, 7, 9, 11):
         out.append(x)
