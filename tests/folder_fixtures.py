@@ -68,7 +68,7 @@ def data_config(train_dir: str, test_dir: str = '', data_dir: Optional[str] = No
   c.image_size = image_size
   c.data_dir = data_dir or os.path.join(os.path.dirname(train_dir), 'tfds')
   c.shuffle_buffer = 64
-  c.prepare_workers = 2
+  c.prepare_workers = 1  # in-process: spawning workers costs more than 30 tiny files
   for k, v in overrides.items():
     c[k] = v
   return c

@@ -267,3 +267,17 @@ def test_too_few_examples_for_batch(tmp_path):
   root = ff.write_folder(str(tmp_path / 'd'), range(3), 8)
   with pytest.raises(ValueError, match='needs at\\s+least one batch of 4'):
     pipeline.make_train_iterator(ff.data_config(root, image_size=8), 4, 0)
+
+
+def test_worker_processes_prepare_the_same_data(tmp_path):
+  from interestyle_jax.data import folder_builder
+  root = ff.write_folder(str(tmp_path / 'd'), range(9), 8)
+  ff.truncate(os.path.join(root, 'images', '00002.png'))
+  got = []
+  for workers in (1, 2):
+    b = folder_builder.prepare(root, image_size=8, data_dir=str(tmp_path / f't{workers}'),
+                               workers=workers)
+    got.append(sorted((e['stem'], e['image'].tobytes(), e['mask'].tobytes())
+                      for e in b.as_dataset('train').as_numpy_iterator()))
+    assert b.info.metadata['train']['num_skipped'] == 1
+  assert len(got[0]) == 8 and got[0] == got[1]

@@ -1,10 +1,23 @@
 """Data: folder datasets of images + interest masks, the input pipeline, mask making.
 
-``pipeline`` (training/eval iterators) and ``make_masks`` import TensorFlow
-only when used; importing this package is cheap.
+Importing this package is cheap: the pipeline (jax, TensorFlow) is loaded on
+first use of one of its names, so worker processes that only decode images
+(``folder``) never import them.
 """
 
+import importlib
+
 from interestyle_jax.data.folder import DataValidationError
-from interestyle_jax.data.pipeline import default_data_config
-from interestyle_jax.data.pipeline import make_eval_iterator
-from interestyle_jax.data.pipeline import make_train_iterator
+
+_LAZY = {
+    'default_data_config': 'interestyle_jax.data.pipeline',
+    'make_train_iterator': 'interestyle_jax.data.pipeline',
+    'make_eval_iterator': 'interestyle_jax.data.pipeline',
+}
+__all__ = ['DataValidationError'] + sorted(_LAZY)
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

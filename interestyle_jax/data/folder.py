@@ -381,3 +381,23 @@ def encode_png(arr: np.ndarray) -> bytes:
   buf = io.BytesIO()
   Image.fromarray(arr).save(buf, format='PNG', compress_level=1)
   return buf.getvalue()
+
+
+def load_and_encode(pair: Pair, size: int) -> Tuple[Example, Optional[dict]]:
+  """:func:`load_example` plus PNG encoding: the unit of work when preparing.
+
+  A top-level function so that a process pool can run it.
+
+  Args:
+    pair: the files.
+    size: output side.
+
+  Returns:
+    (example with the arrays dropped, record of PNG bytes or None when the
+    pair was skipped).
+  """
+  ex = load_example(pair, size)
+  if ex.problem:
+    return ex, None
+  record = {'image': encode_png(ex.image), 'mask': encode_png(ex.mask), 'stem': ex.stem}
+  return ex._replace(image=None, mask=None), record

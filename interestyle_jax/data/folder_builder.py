@@ -18,6 +18,9 @@ on first use)::
 import collections
 import concurrent.futures
 import dataclasses
+import functools
+import itertools
+import multiprocessing
 import os
 from typing import Dict, Iterable, Iterator, List, Optional
 
@@ -120,24 +123,42 @@ def _norm(path: str) -> str:
   return path if (not path or '://' in path) else os.path.abspath(path)
 
 
-def _bounded_map(fn, items: Iterable, workers: int, window: int) -> Iterator:
-  """``map(fn, items)`` on a thread pool, in order, at most ``window`` ahead.
+def default_workers() -> int:
+  """Processes used to decode and encode while preparing: one per CPU, at most 32."""
+  return max(1, min(os.cpu_count() or 1, 32))
 
-  Pillow releases the GIL while decoding, resizing and encoding, so threads
-  give real parallelism; the window keeps memory bounded when the writer is
-  slower than the decoders.
+
+def _bounded_map(fn, items: Iterable, workers: int, window: int) -> Iterator:
+  """``map(fn, items)`` on a process pool, in order, at most ``window`` ahead.
+
+  Processes, not threads: Pillow holds the GIL while PNG-encoding, which is
+  most of the work. 'spawn' because the parent may already run TensorFlow
+  threads, which a fork would copy in an undefined state. The window bounds
+  memory when the TFDS writer is slower than the workers.
+
+  Spawned workers re-import the main module; where that fails (a script
+  without an ``if __name__ == '__main__'`` guard, code piped through stdin)
+  the pool breaks and the remaining items are processed in this process.
   """
-  if workers <= 1:
-    yield from map(fn, items)
-    return
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    pending = collections.deque()
-    for item in items:
-      pending.append(pool.submit(fn, item))
-      if len(pending) >= window:
-        yield pending.popleft().result()
-    while pending:
-      yield pending.popleft().result()
+  items = iter(items)
+  if workers > 1:
+    ctx = multiprocessing.get_context('spawn')
+    pending = collections.deque()  # (item, future)
+    try:
+      with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        for item in items:
+          pending.append((item, pool.submit(fn, item)))
+          if len(pending) >= window:
+            yield pending[0][1].result()
+            pending.popleft()
+        while pending:
+          yield pending[0][1].result()
+          pending.popleft()
+    except concurrent.futures.process.BrokenProcessPool as e:
+      logging.warning('Worker processes failed to start (%s); preparing in this process. '
+                      'Set data.prepare_workers=1 to skip the attempt.', e)
+      items = itertools.chain((item for item, _ in pending), items)
+  yield from map(fn, items)
 
 
 class InterestFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -165,12 +186,13 @@ class InterestFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       splits: pre-computed :func:`scan` result (avoids listing twice); scanned
         lazily from the config when None.
       strict: make unreadable files and all-zero masks errors, not warnings.
-      workers: decoding threads while preparing; 0 = one per CPU.
+      workers: decoding processes while preparing; 0 = :func:`default_workers`,
+        1 = decode in this process.
       **kwargs: passed to ``tfds.core.GeneratorBasedBuilder`` (e.g. data_dir).
     """
     self._splits = splits
     self._strict = strict
-    self._workers = workers or os.cpu_count() or 1
+    self._workers = workers or default_workers()
     super().__init__(config=config, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -197,8 +219,9 @@ class InterestFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, split: str, pairs: List[Pair]):
     size = self.builder_config.image_size
     skipped, empty, rescaled, non_square, kept = [], [], 0, 0, 0
-    for ex in _bounded_map(lambda p: folder.load_example(p, size), pairs,
-                           self._workers, window=4 * self._workers):
+
+    load = functools.partial(folder.load_and_encode, size=size)
+    for ex, record in _bounded_map(load, pairs, self._workers, window=8 * self._workers):
       if ex.problem:
         skipped.append(ex.stem + ': ' + ex.problem)
         continue
@@ -207,10 +230,7 @@ class InterestFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       rescaled += ex.mask_rescaled
       non_square += ex.non_square
       kept += 1
-      # Pre-encoded bytes are stored as they are; encoding in the worker
-      # threads keeps the single writer thread from being the bottleneck.
-      yield ex.stem, {'image': folder.encode_png(ex.image), 'mask': folder.encode_png(ex.mask),
-                      'stem': ex.stem}
+      yield ex.stem, record  # pre-encoded PNG bytes are stored as they are
     report = {'num_files': len(pairs), 'num_examples': kept,
               'num_skipped': len(skipped), 'skipped': skipped[:MAX_RECORDED],
               'num_empty_masks': len(empty), 'empty_masks': empty[:MAX_RECORDED],
@@ -277,7 +297,7 @@ def prepare(train_dir: str, test_dir: str = '', *, image_size: int = 256, data_d
     data_dir: where TFDS writes the prepared dataset.
     test_fraction: held-out share of ``train_dir`` when ``test_dir`` is ''.
     strict: unreadable files and all-zero masks are errors.
-    workers: decoding threads; 0 = one per CPU.
+    workers: decoding processes; 0 = one per CPU (at most 32), 1 = in process.
     process_index: only used to keep the report from being logged by every
       host of a multi-host job.
     build: prepare the dataset when it is missing; False only validates the
@@ -314,7 +334,7 @@ def main(argv=None) -> int:
   p.add_argument('--image_size', type=int, default=256)
   p.add_argument('--test_fraction', type=float, default=0.0)
   p.add_argument('--strict', action='store_true', help='unreadable files / empty masks are errors')
-  p.add_argument('--workers', type=int, default=0, help='decoding threads (0 = one per CPU)')
+  p.add_argument('--workers', type=int, default=0, help='decoding processes (0 = one per CPU, 1 = in process)')
   a = p.parse_args(argv)
   try:
     b = prepare(a.train_dir, a.test_dir, image_size=a.image_size, data_dir=a.data_dir,

@@ -46,7 +46,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.num_parallel_calls = -1  # Parallel decode/augment calls; -1 = tf.data AUTOTUNE.
   c.prefetch = 2  # Batches tf.data prepares ahead of the consumer.
   c.device_prefetch = 2  # Batches put on the devices ahead of use; 0 yields NumPy arrays.
-  c.prepare_workers = 0  # Decoding threads while preparing the dataset; 0 = one per CPU.
+  c.prepare_workers = 0  # Processes decoding while preparing; 0 = one per CPU (max 32), 1 = inline.
   return c
 
 

@@ -1,0 +1,192 @@
+"""Mask maker: class conventions, part/label inputs, dilation and softening.
+
+The references here are plain-Python loops over pixels (no NumPy filtering,
+no SciPy), written from the definitions rather than from the implementation.
+"""
+
+import math
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from interestyle_jax.data import make_masks as mm
+
+# Default interest classes by id, written out by hand from the two published
+# orders (face-parsing.PyTorch and CelebAMask-HQ's g_mask.py).
+DEFAULT_IDS_FACE_PARSING = [1, 2, 3, 4, 5, 7, 8, 10, 11, 12, 13, 17]
+DEFAULT_IDS_CELEBAMASK_HQ = [1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+
+
+def ref_dilate(mask, radius):
+  h, w = len(mask), len(mask[0])
+  r = int(math.floor(radius))
+  out = [[False] * w for _ in range(h)]
+  for y in range(h):
+    for x in range(w):
+      for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+          yy, xx = y + dy, x + dx
+          if dy * dy + dx * dx <= radius * radius and 0 <= yy < h and 0 <= xx < w \
+              and mask[yy][xx]:
+            out[y][x] = True
+  return out
+
+
+def ref_soften(mask, sigma):
+  """2-D (not separable) Gaussian over ±ceil(4σ) with clamped (edge) indices."""
+  h, w = len(mask), len(mask[0])
+  rad = max(1, math.ceil(4 * sigma))
+  taps = {(dy, dx): math.exp(-(dy * dy + dx * dx) / (2 * sigma * sigma))
+          for dy in range(-rad, rad + 1) for dx in range(-rad, rad + 1)}
+  norm = sum(taps.values())
+  out = [[0.0] * w for _ in range(h)]
+  for y in range(h):
+    for x in range(w):
+      s = 0.0
+      for (dy, dx), t in taps.items():
+        s += t * mask[min(max(y + dy, 0), h - 1)][min(max(x + dx, 0), w - 1)]
+      out[y][x] = s / norm
+  return out
+
+
+def random_mask(seed, h=13, w=17, p=0.06):
+  return np.random.default_rng(seed).random((h, w)) < p
+
+
+def test_conventions_and_default_classes():
+  assert mm.FACE_PARSING[17] == 'hair' and mm.CELEBAMASK_HQ[13] == 'hair'
+  assert len(mm.FACE_PARSING) == len(mm.CELEBAMASK_HQ) == 19
+  assert set(mm.FACE_PARSING) == set(mm.CELEBAMASK_HQ)
+  classes = mm.parse_classes(mm.DEFAULT_CLASSES)
+  assert mm.class_ids(classes, 'face_parsing') == DEFAULT_IDS_FACE_PARSING
+  assert mm.class_ids(classes, 'celebamask_hq') == DEFAULT_IDS_CELEBAMASK_HQ
+  assert mm.parse_classes('brows,hat') == ('hat', 'l_brow', 'r_brow')
+  with pytest.raises(ValueError, match="unknown class 'beard'"):
+    mm.parse_classes('hair,beard')
+
+
+@pytest.mark.parametrize('radius', [0, 1, 1.5, 2.3, 3])
+def test_dilate_matches_disk_reference(radius):
+  m = random_mask(int(radius * 10))
+  m[0, 0] = m[-1, -1] = True  # corners exercise the borders
+  want = np.array(ref_dilate(m.tolist(), radius))
+  np.testing.assert_array_equal(mm.dilate(m, radius), want)
+
+
+@pytest.mark.parametrize('sigma', [0.7, 1.6])
+def test_soften_matches_2d_reference(sigma):
+  m = random_mask(7, 11, 9, 0.3).astype(float)
+  want = np.array(ref_soften(m.tolist(), sigma))
+  np.testing.assert_allclose(mm.soften(m, sigma), want, atol=1e-12)
+  full = mm.soften(np.ones((6, 6)), sigma)
+  np.testing.assert_allclose(full, 1.0)  # edge replication: no fade at borders
+
+
+def write_png(path, arr, mode=None):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(np.asarray(arr), mode).save(path)
+
+
+def read(path):
+  return np.asarray(Image.open(path))
+
+
+def label_map(seed, h=20, w=24):
+  return np.random.default_rng(seed).integers(0, 19, (h, w)).astype(np.uint8)
+
+
+def test_label_maps_union_hard_and_conventions(tmp_path):
+  labels = {f'{i:05d}': label_map(i) for i in range(3)}
+  for stem, lab in labels.items():
+    write_png(str(tmp_path / 'in' / f'{stem}.png'), lab)
+  out = tmp_path / 'out'
+  for conv, ids in (('face_parsing', DEFAULT_IDS_FACE_PARSING),
+                    ('celebamask_hq', DEFAULT_IDS_CELEBAMASK_HQ)):
+    assert mm.main(['--input_dir', str(tmp_path / 'in'), '--output_dir', str(out / conv),
+                    '--convention', conv, '--dilate', '0', '--sigma', '0', '--size', '0',
+                    '--workers', '2']) == 0
+    for stem, lab in labels.items():
+      want = np.array([[255 if v in ids else 0 for v in row] for row in lab.tolist()])
+      np.testing.assert_array_equal(read(out / conv / f'{stem}.png'), want)
+
+
+def test_parts_nested_folders_dilate_and_soften(tmp_path):
+  h = w = 16
+  hair = np.zeros((h, w), bool)
+  hair[:3, 4:12] = True
+  skin = np.zeros((h, w), bool)
+  skin[5:11, 5:10] = True
+  hat = np.zeros((h, w), bool)
+  hat[0:2, :] = True  # not a default class: must not appear
+  for stem, sub in (('00000', '0'), ('02001', '1')):
+    for part, arr in (('hair', hair), ('skin', skin), ('hat', hat)):
+      # CelebAMask-HQ part files are 3-channel 0/255 PNGs in numbered folders.
+      write_png(str(tmp_path / 'anno' / sub / f'{stem}_{part}.png'),
+                np.repeat(arr[..., None] * np.uint8(255), 3, -1))
+  write_png(str(tmp_path / 'anno' / '1' / '02001_l_lip.png'), np.zeros((h, w), np.uint8))
+  out = tmp_path / 'out'
+  assert mm.main(['--input_dir', str(tmp_path / 'anno'), '--output_dir', str(out),
+                  '--dilate', '1.5', '--sigma', '0.8', '--size', '0',
+                  '--stem_format', '{id}']) == 0
+  assert sorted(os.listdir(out)) == ['0.png', '2001.png']
+  union = (hair | skin).tolist()
+  soft = ref_soften([[float(v) for v in row] for row in ref_dilate(union, 1.5)], 0.8)
+  want = np.array([[round(v * 255) for v in row] for row in soft])
+  got = read(out / '2001.png').astype(int)
+  assert np.abs(got - want).max() <= 1  # rounding of float sums
+  assert got[0, 0] == 0 and got[1, 8] == 255
+
+
+def test_size_scales_parameters_to_output_pixels(tmp_path):
+  lab = np.zeros((32, 32), np.uint8)
+  lab[12:20, 12:20] = 17  # hair
+  write_png(str(tmp_path / 'in' / 'a.png'), lab)
+  out = tmp_path / 'out'
+  assert mm.main(['--input_dir', str(tmp_path / 'in'), '--output_dir', str(out),
+                  '--dilate', '2', '--sigma', '0', '--size', '16']) == 0
+  got = read(out / 'a.png')
+  assert got.shape == (16, 16)
+  # 2 output px = 4 input px: the 8x8 input square (4x4 at output) grows to
+  # about 8x8 output pixels, not 6x6.
+  rows = (got > 127).any(1).sum()
+  assert rows == 8, got
+
+
+def test_unreadable_colour_and_out_of_range_inputs_are_skipped(tmp_path, capsys):
+  for i in range(3):
+    write_png(str(tmp_path / 'in' / f'{i}.png'), label_map(i))
+  with open(tmp_path / 'in' / '0.png', 'rb') as f:
+    data = f.read()
+  with open(tmp_path / 'in' / '0.png', 'wb') as f:
+    f.write(data[:len(data) // 2])  # truncated
+  colour = np.zeros((8, 8, 3), np.uint8)
+  colour[..., 0] = 200
+  write_png(str(tmp_path / 'in' / 'vis.png'), colour)
+  write_png(str(tmp_path / 'in' / 'binary.png'), np.full((8, 8), 255, np.uint8))
+  write_png(str(tmp_path / 'in' / 'bg.png'), np.zeros((8, 8), np.uint8))
+  out = tmp_path / 'out'
+  assert mm.main(['--input_dir', str(tmp_path / 'in'), '--output_dir', str(out),
+                  '--format', 'labels', '--size', '0']) == 0
+  err = capsys.readouterr().err
+  assert 'skipped 3 unreadable' in err
+  assert '0: ' in err and 'vis: ValueError' in err and 'binary: ValueError' in err
+  assert 'colour image' in err and 'holds value 255' in err
+  assert '1 mask(s) are all zero' in err and 'bg' in err
+  assert sorted(os.listdir(out)) == ['1.png', '2.png', 'bg.png']
+
+
+def test_auto_format_and_cli_errors(tmp_path, capsys):
+  write_png(str(tmp_path / 'p' / '7_hair.png'), np.full((4, 4), 255, np.uint8))
+  write_png(str(tmp_path / 'p' / '7_neck_l.png'), np.full((4, 4), 255, np.uint8))
+  fmt, jobs = mm.find_jobs(str(tmp_path / 'p'), 'auto')
+  assert fmt == 'parts' and jobs[0].stem == '7' and set(jobs[0].source) == {'hair', 'neck_l'}
+  write_png(str(tmp_path / 'l' / '7.png'), np.zeros((4, 4), np.uint8))
+  assert mm.find_jobs(str(tmp_path / 'l'), 'auto')[0] == 'labels'
+  assert mm.main(['--input_dir', str(tmp_path / 'empty_nothing'), '--output_dir',
+                  str(tmp_path / 'o')]) == 1
+  assert 'no .png file' in capsys.readouterr().err
+  assert mm.main(['--input_dir', str(tmp_path / 'p'), '--output_dir', str(tmp_path / 'o'),
+                  '--classes', 'wings']) == 1
+  assert "unknown class 'wings'" in capsys.readouterr().err
