@@ -67,9 +67,10 @@ def test_conventions_and_default_classes():
     mm.parse_classes('hair,beard')
 
 
-@pytest.mark.parametrize('radius', [0, 1, 1.5, 2.3, 3])
-def test_dilate_matches_disk_reference(radius):
-  m = random_mask(int(radius * 10))
+@pytest.mark.parametrize('radius,shape', [(0, (13, 17)), (1, (13, 17)), (1.5, (13, 17)),
+                                          (2.3, (13, 17)), (3, (13, 17)), (5, (4, 9))])
+def test_dilate_matches_disk_reference(radius, shape):
+  m = random_mask(int(radius * 10), *shape)
   m[0, 0] = m[-1, -1] = True  # corners exercise the borders
   want = np.array(ref_dilate(m.tolist(), radius))
   np.testing.assert_array_equal(mm.dilate(m, radius), want)
@@ -190,3 +191,39 @@ def test_auto_format_and_cli_errors(tmp_path, capsys):
   assert mm.main(['--input_dir', str(tmp_path / 'p'), '--output_dir', str(tmp_path / 'o'),
                   '--classes', 'wings']) == 1
   assert "unknown class 'wings'" in capsys.readouterr().err
+
+
+def test_match_dir_keeps_only_the_images_present(tmp_path, capsys):
+  for i in range(5):
+    write_png(str(tmp_path / 'anno' / str(i // 2) / f'{i:05d}_skin.png'),
+              np.full((4, 4), 255, np.uint8))
+  for i in (1, 3):
+    write_png(str(tmp_path / 'imgs' / f'{i}.png'), np.zeros((4, 4, 3), np.uint8))
+  argv = ['--input_dir', str(tmp_path / 'anno'), '--output_dir', str(tmp_path / 'out'),
+          '--size', '0', '--match_dir', str(tmp_path / 'imgs')]
+  assert mm.main(argv + ['--stem_format', '{id}']) == 0
+  assert sorted(os.listdir(tmp_path / 'out')) == ['1.png', '3.png']
+  assert mm.main(argv) == 1  # '00001' does not match '1': told to fix --stem_format
+  assert 'have no parsing input: 1, 3' in capsys.readouterr().err
+
+
+def test_celebahq_split(tmp_path):
+  from interestyle_jax.data import celebahq_split as cs
+  hq = tmp_path / 'CelebAMask-HQ'
+  (hq / 'CelebA-HQ-img').mkdir(parents=True)
+  rows = [(0, 119613, '119614.jpg'), (1, 99094, '099095.jpg'), (2, 200121, '200122.jpg'),
+          (3, 182637, '182638.jpg'), (4, 170000, '170001.jpg')]
+  (hq / 'CelebA-HQ-to-CelebA-mapping.txt').write_text(
+      'idx         orig_idx    orig_file  \n' +
+      ''.join(f'{a:<12d}{b:<12d}{c}\n' for a, b, c in rows))
+  # CelebA's partition: test from 182638.jpg (1-based), val from 162771.jpg.
+  part = {c: (2 if b >= 182637 else 1 if b >= 162770 else 0) for _, b, c in rows}
+  (tmp_path / 'list_eval_partition.txt').write_text(
+      ''.join(f'{c} {v}\n' for c, v in sorted(part.items())))
+  for i, _, _ in rows:
+    (hq / 'CelebA-HQ-img' / f'{i}.jpg').write_bytes(b'jpeg')
+  out = tmp_path / 'test' / 'images'
+  assert cs.main(['--celebamask_hq_dir', str(hq), '--partition_file',
+                  str(tmp_path / 'list_eval_partition.txt'), '--output_dir', str(out)]) == 0
+  assert sorted(os.listdir(out)) == ['2.jpg', '3.jpg']
+  assert (out / '2.jpg').read_bytes() == b'jpeg'

@@ -129,7 +129,7 @@ def dilate(mask: np.ndarray, radius: float) -> np.ndarray:
   csum = np.concatenate([np.zeros((h, 1), np.int64), np.cumsum(mask, axis=1)], axis=1)
   rows = {}  # half-width → horizontally dilated mask
   out = np.zeros_like(mask)
-  for dy in range(-r, r + 1):
+  for dy in range(-min(r, h - 1), min(r, h - 1) + 1):  # farther rows are off the image
     half = int(math.floor(math.sqrt(max(radius * radius - dy * dy, 0.0)) + 1e-9))
     if half not in rows:
       cols = np.arange(w)
@@ -337,6 +337,31 @@ def output_name(stem: str, stem_format: str) -> str:
                      'field ({id} needs a numeric stem)') from e
 
 
+def match_images(jobs: List[Job], image_dir: str, stem_format: str) -> List[Job]:
+  """Keeps the jobs whose output name matches an image in ``image_dir``.
+
+  Args:
+    jobs: all inputs.
+    image_dir: folder of images (searched recursively).
+    stem_format: see :func:`output_name`.
+
+  Returns:
+    The matching jobs.
+
+  Raises:
+    ValueError: some images have no input (listed), or none match.
+  """
+  from interestyle_jax.data import folder  # pylint: disable=g-import-not-at-top
+  images = folder.list_files(image_dir, folder.IMAGE_EXTS)
+  by_out = {output_name(j.stem, stem_format)[:-len('.png')]: j for j in jobs}
+  lacking = sorted(set(images) - set(by_out))
+  if lacking:
+    raise ValueError(f'{len(lacking)} image(s) in {image_dir} have no parsing input: '
+                     f'{folder.list_examples(lacking)} (check --stem_format: input stems look '
+                     f'like {jobs[0].stem!r})')
+  return [by_out[s] for s in sorted(images)]
+
+
 def process(job: Job, fmt: str, args) -> Tuple[str, Optional[str], bool]:
   """Makes and writes one mask.
 
@@ -384,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--size', type=int, default=256, help='output side (0 = input size)')
   p.add_argument('--stem_format', default='{stem}',
                  help="output name: '{stem}' keeps it, '{id}' drops leading zeros")
+  p.add_argument('--match_dir', default='',
+                 help='only make masks for the images in this folder (matched by output name), '
+                      'e.g. the 2,824 CelebA-HQ test images out of 30,000 annotations')
   p.add_argument('--skip_existing', action='store_true', help='keep masks already written')
   p.add_argument('--workers', type=int, default=0, help='threads (0 = one per CPU)')
   return p
@@ -405,6 +433,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.ids = class_ids(args.class_names, args.convention)
     fmt, jobs = find_jobs(args.input_dir, args.format)
     output_name(jobs[0].stem, args.stem_format)  # bad formats fail before any work
+    if args.match_dir:
+      jobs = match_images(jobs, args.match_dir, args.stem_format)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
