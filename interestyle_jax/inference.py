@@ -45,14 +45,26 @@ class Inversion(NamedTuple):
   iteration_latents: jnp.ndarray
 
 
+def average_image(generator: Generator, gen_vars, latent_avg: jnp.ndarray,
+                  encoder_size: int) -> jnp.ndarray:
+  """ŷ₀ = pool(G(latent_avg)) with const noise, ``[1, S, S, 3]``."""
+  avg = generator.apply(gen_vars, latent_avg[None], noise_mode='const')
+  return adaptive_avg_pool2d(avg, encoder_size)
+
+
 def _refine(encoder: BackboneEncoder, generator: Generator, enc_vars, gen_vars,
-            latent_avg: jnp.ndarray, x: jnp.ndarray, n_iters: int, encoder_size: int):
-  """The jitted ReStyle loop on preprocessed ``x`` ([B, S, S, 3], [-1, 1])."""
+            latent_avg: jnp.ndarray, x: jnp.ndarray, n_iters: int, encoder_size: int,
+            avg_image: Optional[jnp.ndarray] = None) -> Inversion:
+  """The ReStyle loop on preprocessed ``x`` ([B, S, S, 3], [-1, 1]).
+
+  ``avg_image`` (ŷ₀) does not depend on ``x``; passing a cached one saves a
+  generator pass per call.
+  """
   b = x.shape[0]
   w0 = jnp.broadcast_to(latent_avg[None], (b,) + latent_avg.shape)
-  avg = generator.apply(gen_vars, latent_avg[None], noise_mode='const')
-  y0 = jnp.broadcast_to(adaptive_avg_pool2d(avg, encoder_size),
-                        (b, encoder_size, encoder_size, avg.shape[-1]))
+  if avg_image is None:
+    avg_image = average_image(generator, gen_vars, latent_avg, encoder_size)
+  y0 = jnp.broadcast_to(avg_image, (b,) + avg_image.shape[1:])
 
   def step(carry, _):
     w, y = carry
@@ -102,6 +114,7 @@ class Inverter:
     # baked into the compiled program; jit caches per input shape / n_iters.
     self._run = jax.jit(functools.partial(_refine, encoder, generator),
                         static_argnames=('n_iters', 'encoder_size'))
+    self._avg_image = None  # ŷ₀, computed on first use
 
   @classmethod
   def from_tree(cls, meta: Mapping[str, Any], tree: Mapping[str, Any]) -> 'Inverter':
@@ -171,8 +184,14 @@ class Inverter:
     if n_iters < 1:
       raise ValueError(f'n_iters must be >= 1, got {n_iters}')
     x = self.preprocess(images)
+    if self._avg_image is None:
+      self._avg_image = jax.jit(functools.partial(average_image, self.generator),
+                                static_argnames='encoder_size')(
+                                    self.generator_variables, self.latent_avg,
+                                    encoder_size=self.encoder_size)
     return self._run(self.encoder_variables, self.generator_variables, self.latent_avg, x,
-                     n_iters=n_iters, encoder_size=self.encoder_size)
+                     n_iters=n_iters, encoder_size=self.encoder_size,
+                     avg_image=self._avg_image)
 
 
 def resolve_model_dir(path: str) -> str:
