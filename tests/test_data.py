@@ -1,5 +1,6 @@
 """Folder dataset, TFDS builder and input pipeline (CPU, generated folders)."""
 
+import json
 import logging
 import os
 import subprocess
@@ -281,3 +282,52 @@ def test_worker_processes_prepare_the_same_data(tmp_path):
                       for e in b.as_dataset('train').as_numpy_iterator()))
     assert b.info.metadata['train']['num_skipped'] == 1
   assert len(got[0]) == 8 and got[0] == got[1]
+
+
+_TWO_PROCESS_WORKER = r'''
+import json
+import sys
+import jax
+pid, port, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+jax.distributed.initialize(f'localhost:{port}', num_processes=2, process_id=pid)
+import numpy as np
+from interestyle_jax.data import pipeline
+from tests import folder_fixtures as ff
+c = ff.data_config(root + '/train', root + '/test', root + '/tfds', image_size=8)
+it = pipeline.make_train_iterator(c, 4, 0)
+train = sorted({int(i) for _ in range(20) for i in ff.index_of(next(it)['image']).ravel()})
+ev = [ff.index_of(np.asarray(b['image']))[np.asarray(b['valid']) == 1].tolist()
+      for b in pipeline.make_eval_iterator(c, 4)]
+print('RESULT', json.dumps([jax.process_count(), train, ev]), flush=True)
+'''
+
+
+def test_real_two_process_job(tmp_path):
+  """jax.distributed with two CPU processes: one prepares, both read disjoint shards."""
+  import socket
+  ff.write_folder(str(tmp_path / 'train'), range(10), 8)
+  ff.write_folder(str(tmp_path / 'test'), range(100, 105), 8)
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = str(s.getsockname()[1])
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  procs = [subprocess.Popen([sys.executable, '-c', _TWO_PROCESS_WORKER, str(i), port,
+                             str(tmp_path)], cwd=repo, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=240)[0] for p in procs]
+  results = []
+  for p, out in zip(procs, outs):
+    lines = [l for l in out.splitlines() if l.startswith('RESULT')]
+    if p.returncode or not lines:
+      if 'gloo' in out.lower() and 'not' in out.lower():
+        pytest.skip('this jaxlib has no CPU (gloo) collectives')
+      pytest.fail(f'worker failed (rc={p.returncode}):\n{out[-3000:]}')
+    results.append(json.loads(lines[0][len('RESULT'):]))
+  (n0, train0, eval0), (n1, train1, eval1) = results
+  assert n0 == n1 == 2
+  assert not set(train0) & set(train1) and set(train0) | set(train1) == set(range(10))
+  assert len(eval0) == len(eval1) == 2  # same number of eval batches on both hosts
+  flat = sorted(i for e in (eval0, eval1) for b in e for i in b)
+  assert flat == list(range(100, 105))
+  assert len(os.listdir(tmp_path / 'tfds' / 'interest_folder')) == 1  # prepared once

@@ -127,11 +127,16 @@ def load_builder(data_config: ml_collections.ConfigDict, process_index: Optional
   if jax.process_count() == 1:
     return folder_builder.prepare(data_config.train_dir, data_config.test_dir, **kwargs)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  first = folder_builder.prepare(data_config.train_dir, data_config.test_dir,
-                                 build=jax.process_index() == 0, **kwargs)
+  leader = jax.process_index() == 0
+  # Everyone validates the pairing (cheap) before the barrier; only process 0
+  # decodes and writes.
+  builder = folder_builder.prepare(data_config.train_dir, data_config.test_dir,
+                                   build=leader, **kwargs)
   multihost_utils.sync_global_devices('interestyle_jax.data: dataset prepared')
-  if first.is_prepared():
-    return first
+  if leader:
+    return builder
+  # A fresh builder: one made before the barrier never read process 0's copy.
+  # It reuses that copy on shared storage and prepares its own on a local disk.
   return folder_builder.prepare(data_config.train_dir, data_config.test_dir, **kwargs)
 
 
