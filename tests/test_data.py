@@ -270,8 +270,9 @@ def test_too_few_examples_for_batch(tmp_path):
     pipeline.make_train_iterator(ff.data_config(root, image_size=8), 4, 0)
 
 
-def test_worker_processes_prepare_the_same_data(tmp_path):
+def test_worker_processes_prepare_the_same_data(tmp_path, monkeypatch):
   from interestyle_jax.data import folder_builder
+  monkeypatch.setattr(folder_builder, 'MIN_PAIRS_FOR_POOL', 0)
   root = ff.write_folder(str(tmp_path / 'd'), range(9), 8)
   ff.truncate(os.path.join(root, 'images', '00002.png'))
   got = []
@@ -331,3 +332,16 @@ def test_real_two_process_job(tmp_path):
   flat = sorted(i for e in (eval0, eval1) for b in e for i in b)
   assert flat == list(range(100, 105))
   assert len(os.listdir(tmp_path / 'tfds' / 'interest_folder')) == 1  # prepared once
+
+
+def test_prepare_cli(tmp_path):
+  root = ff.write_folder(str(tmp_path / 'd'), range(5), 8)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, '-m', 'interestyle_jax.data.folder_builder', '--train_dir', root,
+         '--data_dir', str(tmp_path / 'tfds'), '--image_size', '8', '--workers', '2']
+  out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'train: 5 examples' in out.stdout
+  os.remove(os.path.join(root, 'masks', '00001.png'))
+  out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and 'no mask' in out.stderr

@@ -22,6 +22,7 @@ import functools
 import itertools
 import multiprocessing
 import os
+import sys
 from typing import Dict, Iterable, Iterator, List, Optional
 
 from absl import logging
@@ -36,6 +37,10 @@ import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,g-bad-
 DATASET_NAME = 'interest_folder'
 # Reasons and stems kept in the dataset metadata (the counts are always exact).
 MAX_RECORDED = 200
+# Below this many pairs a split is decoded in-process: each spawned worker
+# re-imports the main module (often TensorFlow and JAX, seconds), which costs
+# more than decoding a few hundred images.
+MIN_PAIRS_FOR_POOL = 256
 
 
 @dataclasses.dataclass(eq=False)
@@ -221,7 +226,8 @@ class InterestFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     skipped, empty, rescaled, non_square, kept = [], [], 0, 0, 0
 
     load = functools.partial(folder.load_and_encode, size=size)
-    for ex, record in _bounded_map(load, pairs, self._workers, window=8 * self._workers):
+    workers = self._workers if len(pairs) >= MIN_PAIRS_FOR_POOL else 1
+    for ex, record in _bounded_map(load, pairs, workers, window=8 * workers):
       if ex.problem:
         skipped.append(ex.stem + ': ' + ex.problem)
         continue
@@ -340,7 +346,7 @@ def main(argv=None) -> int:
     b = prepare(a.train_dir, a.test_dir, image_size=a.image_size, data_dir=a.data_dir,
                 test_fraction=a.test_fraction, strict=a.strict, workers=a.workers)
   except DataValidationError as e:
-    print(f'error: {e}')
+    print(f'error: {e}', file=sys.stderr)
     return 1
   for split, info in b.info.splits.items():
     print(f'{split}: {info.num_examples} examples')
@@ -349,4 +355,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  raise SystemExit(main())
+  # Run the CLI from the module imported under its package name: TFDS looks
+  # up a builder's package, and a class defined in `__main__` has none.
+  from interestyle_jax.data import folder_builder as _module  # pylint: disable=g-import-not-at-top,import-self
+  raise SystemExit(_module.main())
