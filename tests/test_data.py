@@ -173,6 +173,9 @@ def test_eval_shards_padding_and_valid(dataset):
   assert sorted(len(x) for x in per_host) == [2, 2, 3]
   flat = [i for x in per_host for i in x]
   assert sorted(flat) == list(range(100, 100 + N_TEST))  # disjoint and complete
+  # More hosts than examples: the last host only pads, in step with the rest.
+  last = list(pipeline.make_eval_iterator(dataset, 8, process_index=7, process_count=8))
+  assert [np.asarray(b['valid']).tolist() for b in last] == [[[0.0]]]
 
 
 def test_eval_single_host_pads_last_batch(dataset):

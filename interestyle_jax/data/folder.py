@@ -86,7 +86,7 @@ def _walk(root: str):
   if _is_remote(root):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     return tf.io.gfile.walk(root)
-  return os.walk(root)
+  return os.walk(root, followlinks=True)  # data trees are often assembled from symlinks
 
 
 def _isdir(path: str) -> bool:
@@ -113,7 +113,7 @@ def list_files(folder: str, exts: Sequence[str]) -> Dict[str, str]:
   """
   found: Dict[str, str] = {}
   dups: Dict[str, List[str]] = {}
-  for dirpath, dirnames, filenames in _walk(folder):
+  for dirpath, dirnames, filenames in _walk(folder):  # follows symlinked sub-folders
     dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
     for name in sorted(filenames):
       stem, ext = os.path.splitext(name)

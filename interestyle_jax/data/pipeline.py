@@ -288,13 +288,18 @@ def make_eval_dataset(data_config: ml_collections.ConfigDict, global_batch_size:
     image, mask = _decode(tf, ex, size)
     return {'image': image, 'mask': mask, 'valid': tf.constant(1.0, tf.float32)}
 
-  ds = _read(builder, split, shuffle_files=False, seed=None)
-  ds = ds.map(decode, num_parallel_calls=_parallel(tf, data_config))
   pad = tf.data.Dataset.from_tensors({
       'image': tf.zeros([size, size, 3], tf.float32),
       'mask': tf.zeros([size, size, 1], tf.float32),
       'valid': tf.constant(0.0, tf.float32)}).repeat()
-  ds = ds.concatenate(pad).take(num_batches * local_batch)
+  if builder.info.splits[split].num_examples:
+    ds = _read(builder, split, shuffle_files=False, seed=None)
+    ds = ds.map(decode, num_parallel_calls=_parallel(tf, data_config)).concatenate(pad)
+  else:
+    # More hosts than test examples: this one only pads, but must still
+    # yield as many batches as the others.
+    ds = pad
+  ds = ds.take(num_batches * local_batch)
   ds = ds.batch(local_batch, drop_remainder=True)
   ds = ds.map(lambda b: _shard(tf, b, ldc, per_device))
   ds = ds.prefetch(data_config.prefetch if data_config.prefetch > 0 else tf.data.AUTOTUNE)
