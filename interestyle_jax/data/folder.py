@@ -20,6 +20,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from interestyle_jax.data.tf_setup import import_tf
+
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.webp')
 MASK_EXTS = ('.png',)
 IMAGES_SUBDIR = 'images'
@@ -84,14 +86,14 @@ def _join(a: str, b: str) -> str:
 
 def _walk(root: str):
   if _is_remote(root):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf = import_tf()  # gs:// and other remote paths go through TF's gfile
     return tf.io.gfile.walk(root)
   return os.walk(root, followlinks=True)  # data trees are often assembled from symlinks
 
 
 def _isdir(path: str) -> bool:
   if _is_remote(path):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf = import_tf()  # gs:// and other remote paths go through TF's gfile
     return tf.io.gfile.isdir(path)
   return os.path.isdir(path)
 
@@ -231,7 +233,7 @@ def fingerprint(*parts) -> str:
 
 def _read_bytes(path: str) -> bytes:
   if _is_remote(path):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf = import_tf()  # gs:// and other remote paths go through TF's gfile
     with tf.io.gfile.GFile(path, 'rb') as f:
       return f.read()
   with open(path, 'rb') as f:
