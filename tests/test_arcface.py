@@ -10,7 +10,6 @@ import pytest
 from interestyle_jax.models.arcface import (face_crop, id_features, id_loss, id_similarity,
                                             load_arcface)
 
-jax.config.update('jax_disable_most_optimizations', True)
 torch = pytest.importorskip('torch')
 
 from interestyle_jax.convert.__main__ import main as convert_main  # noqa: E402

@@ -11,7 +11,6 @@ from interestyle_jax.models.encoder import BackboneEncoder, num_style_convs
 from interestyle_jax.models.irse import IRSE_STAGE_UNITS
 from interestyle_jax.ops.pooling import adaptive_avg_pool2d, adaptive_pool_matrix
 
-jax.config.update('jax_disable_most_optimizations', True)
 torch = pytest.importorskip('torch')
 
 from interestyle_jax.convert.backbones import infer_backbone  # noqa: E402

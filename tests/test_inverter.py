@@ -13,7 +13,6 @@ import interestyle_jax
 from interestyle_jax import artifacts
 from interestyle_jax.inference import Inverter
 
-jax.config.update('jax_disable_most_optimizations', True)
 torch = pytest.importorskip('torch')
 
 from interestyle_jax.convert import common  # noqa: E402

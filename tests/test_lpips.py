@@ -9,7 +9,6 @@ import pytest
 
 from interestyle_jax.models.lpips import LPIPS, load_lpips, lpips_loss
 
-jax.config.update('jax_disable_most_optimizations', True)
 torch = pytest.importorskip('torch')
 
 from interestyle_jax.convert.__main__ import main as convert_main  # noqa: E402
