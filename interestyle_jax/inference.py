@@ -15,7 +15,7 @@ per input shape and ``n_iters``.
 
 import functools
 import os
-from typing import Any, Dict, Mapping, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp

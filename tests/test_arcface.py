@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from interestyle_jax.models.arcface import (face_crop, id_features, id_loss, id_similarity,
+from interestyle_jax.models.arcface import (face_crop, id_loss, id_similarity,
                                             load_arcface)
 
 torch = pytest.importorskip('torch')
