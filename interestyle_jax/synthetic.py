@@ -1,0 +1,276 @@
+"""A synthetic inversion world: no download, no pretrained file.
+
+* The frozen generator is a small StyleGAN2 with random weights from a fixed
+  seed. Its ToRGB layers are rescaled once so that its truncated samples have
+  zero mean and a chosen standard deviation per channel: a random network's
+  output scale is arbitrary, and without this the "images" could be nearly
+  constant (nothing to learn) or far outside [-1, 1].
+* A clean image is G(w) for w = w_avg + ψ (mapping(z) − w_avg) (truncation ψ),
+  broadcast to W+; the true latent is kept for the latent error.
+* Its uninterest region is replaced by procedurally generated out-of-
+  distribution content: a soft elliptical interest mask (the "face"), a
+  textured background outside it (sinusoidal gratings, smoothed colour noise,
+  stripes), and 0–2 occluders (discs or boxes, solid or textured) centred on
+  the ellipse border so they overlap the interest region. Occluder pixels are
+  uninterest: m = m_ellipse · (1 − occluder).
+
+Training sees only (image, mask), as with real photos; evaluation compares
+against the clean generator image ('target') and the true latent ('latent').
+Sampling is a pure function of a PRNG key, so batch k of a run is the same
+after a restart and the held-out set is fixed by its seed.
+"""
+
+import dataclasses
+import math
+from typing import Dict, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from interestyle_jax import filter as unf
+from interestyle_jax.models.stylegan2 import Generator
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+  """The frozen generator and the constants of the synthetic world.
+
+  Attributes:
+    generator: the Generator module.
+    variables: its (rescaled) variables ``{'params', 'noises'}``.
+    latent_avg: ``[n_styles, D]`` average latent (mean of mapping(z)).
+    truncation: ψ of the sampled latents.
+    mask_softness: σ (px) of the Gaussian softening the mask edge.
+    max_occluders: occluders per image are uniform in 0..max_occluders.
+  """
+  generator: Generator
+  variables: Dict
+  latent_avg: jnp.ndarray
+  truncation: float
+  mask_softness: float
+  max_occluders: int
+
+  @property
+  def size(self) -> int:
+    return self.generator.resolution
+
+
+def build_world(cfg) -> World:
+  """Creates the random generator and calibrates its output scale.
+
+  Args:
+    cfg: ``config.synthetic`` with resolution, style_dim, n_mlp, width,
+      channel_multiplier, seed, truncation, image_std, mask_softness,
+      max_occluders.
+
+  Returns:
+    The World.
+  """
+  gen = Generator(cfg.resolution, style_dim=cfg.style_dim, n_mlp=cfg.n_mlp,
+                  width=cfg.width, channel_multiplier=cfg.channel_multiplier)
+  key = jax.random.PRNGKey(cfg.seed)
+  k_init, k_avg, k_cal = jax.random.split(key, 3)
+  variables = gen.init(k_init, jnp.zeros((1, gen.n_styles, cfg.style_dim)))
+  w_avg = gen.apply(variables, 4096, k_avg, method=gen.mean_latent)[0]
+  z = jax.random.normal(k_cal, (512, cfg.style_dim))
+  w = w_avg + cfg.truncation * (gen.apply(variables, z, method=gen.mapping) - w_avg)
+  imgs = jax.jit(lambda v, w: gen.apply(v, w, noise_mode='const'))(variables, w)
+  mean = jnp.mean(imgs, axis=(0, 1, 2))
+  scale = cfg.image_std / jnp.std(imgs, axis=(0, 1, 2))
+  variables = _rescale_rgb(variables, scale, mean)
+  latent_avg = jnp.broadcast_to(w_avg, (gen.n_styles, cfg.style_dim))
+  return World(gen, variables, latent_avg, float(cfg.truncation),
+               float(cfg.mask_softness), int(cfg.max_occluders))
+
+
+def _rescale_rgb(variables, scale, mean):
+  """Makes G's output s·(out − μ) by editing the ToRGB layers only.
+
+  The RGB output is a sum of (upsampled) ToRGB outputs, linear in each ToRGB's
+  weight and bias, so scaling every ToRGB weight and bias by s scales the
+  output by s exactly; subtracting s·μ from the last bias shifts it exactly.
+  """
+  params = jax.tree.map(lambda a: a, dict(variables['params']))  # shallow copy
+  names = sorted((k for k in params if k.startswith('to_rgbs_')),
+                 key=lambda k: int(k.split('_')[-1]))
+  names = ['to_rgb1'] + names
+  for name in names:
+    layer = dict(params[name])
+    conv = dict(layer['conv'])
+    conv['weight'] = conv['weight'] * scale  # HWIO: scales each output channel
+    layer['conv'] = conv
+    layer['bias'] = layer['bias'] * scale
+    params[name] = layer
+  last = dict(params[names[-1]])
+  last['bias'] = last['bias'] - scale * mean
+  params[names[-1]] = last
+  return {**variables, 'params': params}
+
+
+def _grid(size: int):
+  c = (jnp.arange(size, dtype=jnp.float32) + 0.5) / size  # pixel centres in (0, 1)
+  return jnp.meshgrid(c, c, indexing='ij')  # (row, col)
+
+
+def _texture(key, size: int) -> jnp.ndarray:
+  """One random OOD texture ``[size, size, 3]`` in [-1, 1]."""
+  ks = jax.random.split(key, 8)
+  yy, xx = _grid(size)
+  kind = jax.random.randint(ks[0], (), 0, 3)
+  # Sinusoidal grating between two random colours.
+  theta = jax.random.uniform(ks[1], (), maxval=math.pi)
+  freq = jax.random.uniform(ks[2], (), minval=1.5, maxval=6.0)
+  phase = jax.random.uniform(ks[3], (), maxval=2 * math.pi)
+  c0, c1 = jax.random.uniform(ks[4], (2, 3), minval=-1.0, maxval=1.0)
+  s = 0.5 + 0.5 * jnp.sin(2 * math.pi * freq * (xx * jnp.cos(theta) + yy * jnp.sin(theta))
+                          + phase)
+  grating = c0 + s[..., None] * (c1 - c0)
+  stripes = c0 + (s[..., None] > 0.5) * (c1 - c0)
+  # Smoothed colour noise (blotches).
+  noise = jax.random.uniform(ks[5], (1, size, size, 3), minval=-1.0, maxval=1.0)
+  sigma = size / 16.0
+  blotch = unf.gaussian_blur(noise, sigma, unf.kernel_radius(sigma))[0]
+  blotch = jnp.clip(blotch * 3.0, -1.0, 1.0)
+  return jnp.select([kind == 0, kind == 1], [grating, stripes], blotch)
+
+
+def _ellipse_mask(key, size: int, softness: float):
+  """Soft elliptical interest mask and its centre and semi-axes (unit coords)."""
+  k1, k2 = jax.random.split(key)
+  cy, cx = 0.5 + jax.random.uniform(k1, (2,), minval=-0.06, maxval=0.06)
+  b, a = jax.random.uniform(k2, (2,), minval=jnp.array([0.30, 0.25]),
+                            maxval=jnp.array([0.40, 0.33]))
+  yy, xx = _grid(size)
+  hard = ((((yy - cy) / b) ** 2 + ((xx - cx) / a) ** 2) <= 1.0).astype(jnp.float32)
+  if softness > 0:
+    hard = unf.gaussian_blur(hard[None, ..., None], softness,
+                             unf.kernel_radius(softness))[0, ..., 0]
+  return hard, (cy, cx, b, a)
+
+
+def _occluder(key, size: int, ellipse):
+  """One occluder alpha ``[S, S]`` (0/1) on the ellipse border and its fill."""
+  ks = jax.random.split(key, 6)
+  cy, cx, b, a = ellipse
+  angle = jax.random.uniform(ks[0], (), maxval=2 * math.pi)
+  oy, ox = cy + b * jnp.sin(angle), cx + a * jnp.cos(angle)
+  r = jax.random.uniform(ks[1], (), minval=0.08, maxval=0.16)
+  yy, xx = _grid(size)
+  disc = (yy - oy) ** 2 + (xx - ox) ** 2 <= r ** 2
+  box = (jnp.abs(yy - oy) <= r * 0.8) & (jnp.abs(xx - ox) <= r * 1.3)
+  alpha = jnp.where(jax.random.bernoulli(ks[2]), disc, box).astype(jnp.float32)
+  solid = jnp.broadcast_to(jax.random.uniform(ks[3], (3,), minval=-1.0, maxval=1.0),
+                           (size, size, 3))
+  fill = jnp.where(jax.random.bernoulli(ks[4]), solid, _texture(ks[5], size))
+  return alpha, fill
+
+
+def sample(world: World, key: jax.Array, n: int) -> Dict[str, jnp.ndarray]:
+  """Draws ``n`` corrupted images with masks, clean targets and true latents.
+
+  Args:
+    world: the World.
+    key: PRNG key (the batch is a pure function of it).
+    n: number of images.
+
+  Returns:
+    dict with 'image' ``[n, S, S, 3]`` (corrupted input), 'mask'
+    ``[n, S, S, 1]``, 'target' ``[n, S, S, 3]`` (clean G(w)) and 'latent'
+    ``[n, n_styles, D]``.
+  """
+  gen, size = world.generator, world.size
+  k_z, k_rest = jax.random.split(key)
+  z = jax.random.normal(k_z, (n, gen.style_dim))
+  w_avg = world.latent_avg[0]
+  w = w_avg + world.truncation * (gen.apply(world.variables, z, method=gen.mapping) - w_avg)
+  w = jnp.broadcast_to(w[:, None], (n, gen.n_styles, gen.style_dim))
+  clean = gen.apply(world.variables, w, noise_mode='const')
+
+  def corrupt(key, img):
+    k_m, k_bg, k_n, k_o = jax.random.split(key, 4)
+    m_ell, ellipse = _ellipse_mask(k_m, size, world.mask_softness)
+    x = m_ell[..., None] * img + (1.0 - m_ell[..., None]) * _texture(k_bg, size)
+    count = jax.random.randint(k_n, (), 0, world.max_occluders + 1)
+    occluded = jnp.zeros((size, size))
+    for i, ko in enumerate(jax.random.split(k_o, max(world.max_occluders, 1))):
+      if i >= world.max_occluders:
+        break
+      alpha, fill = _occluder(ko, size, ellipse)
+      alpha = alpha * (i < count)
+      x = alpha[..., None] * fill + (1.0 - alpha[..., None]) * x
+      occluded = jnp.maximum(occluded, alpha)
+    return x, (m_ell * (1.0 - occluded))[..., None]
+
+  x, mask = jax.vmap(corrupt)(jax.random.split(k_rest, n), clean)
+  return {'image': x, 'mask': mask, 'target': clean, 'latent': w}
+
+
+def _to_device_layout(batch, local_devices: int):
+  return {k: np.asarray(v).reshape((local_devices, -1) + v.shape[1:])
+          for k, v in batch.items()}
+
+
+def train_iterator(world: World, global_batch: int, seed: int,
+                   start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+  """Endless training batches, batch k a pure function of (seed, k, process).
+
+  Args:
+    world: the World.
+    global_batch: images per step over all processes.
+    seed: data seed.
+    start_step: index of the first batch (resume).
+
+  Yields:
+    dicts 'image' ``[local_devices, per_device, S, S, 3]`` and 'mask'
+    ``[..., S, S, 1]`` (numpy), this process's share.
+  """
+  local = jax.local_device_count()
+  per_process = global_batch // jax.process_count()
+  draw = jax.jit(lambda k: sample(world, k, per_process))
+  base = jax.random.fold_in(jax.random.PRNGKey(seed), jax.process_index())
+  step = start_step
+  while True:
+    b = draw(jax.random.fold_in(base, step))
+    yield _to_device_layout({'image': b['image'], 'mask': b['mask']}, local)
+    step += 1
+
+
+def heldout_set(world: World, n: int, seed: int) -> Dict[str, np.ndarray]:
+  """The fixed held-out set (same on every process).
+
+  Args:
+    world: the World.
+    n: number of images.
+    seed: held-out seed (keep it different from the training seed).
+
+  Returns:
+    numpy dict as :func:`sample` returns.
+  """
+  b = jax.jit(lambda k: sample(world, k, n))(jax.random.PRNGKey(seed))
+  return {k: np.asarray(v) for k, v in b.items()}
+
+
+def eval_iterator(data: Dict[str, np.ndarray], global_batch: int):
+  """One pass over a held-out set, padded to whole batches.
+
+  Args:
+    data: numpy dict from :func:`heldout_set`.
+    global_batch: images per step over all processes.
+
+  Yields:
+    dicts in the ``[local_devices, per_device, …]`` layout with 'valid'
+    (0 for padding), this process's share.
+  """
+  local = jax.local_device_count()
+  n = len(data['image'])
+  per_process = global_batch // jax.process_count()
+  for start in range(0, n, global_batch):
+    idx = np.arange(start, start + global_batch)
+    valid = (idx < n).astype(np.float32)
+    idx = np.minimum(idx, n - 1)
+    lo = jax.process_index() * per_process
+    idx, valid = idx[lo:lo + per_process], valid[lo:lo + per_process]
+    batch = {k: v[idx] for k, v in data.items()}
+    batch['valid'] = valid
+    yield _to_device_layout(batch, local)

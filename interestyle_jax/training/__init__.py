@@ -1,0 +1,1 @@
+"""IntereStyle encoder training: state, per-device step, loop, checkpoints."""

@@ -1,0 +1,183 @@
+"""Validation metrics: whole-image and interest-region, as clu collections.
+
+Per held-out image, after T refinement iterations with x̃ = x, const noise and
+running BatchNorm statistics:
+
+* ``loss``: the training objective's reconstruction part (λ-weighted L2 /
+  LPIPS / ID on the interest region against the *input* x) of the last
+  iteration — what a real validation set can compute; it ranks checkpoints.
+* ``mse`` / ``mse_interest``: against the target (the clean image when the
+  data provides one, else x). ``mse_interest`` uses the loss definition,
+  mean over pixels of (m ŷ − m y)²; ``mse_interest_it{t}`` per iteration,
+  with it0 the average image ŷ₀ (the no-encoder baseline).
+* ``ssim`` / ``ssim_interest``: SSIM (11x11 Gaussian window, σ 1.5) of the
+  images / of the masked images.
+* ``lpips`` / ``lpips_interest`` and ``id_sim`` / ``id_sim_interest`` when
+  the networks are loaded.
+* ``latent_mse``: mean squared error of the W+ latent, when the true latent
+  is known (synthetic data).
+
+Padding examples (``valid == 0``) are excluded through the metrics' masks.
+"""
+
+from typing import Any, Dict, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+from clu import metrics as clu_metrics
+from jax import lax
+
+from interestyle_jax import losses
+from interestyle_jax.training.step import Models, StepConfig, _perceptual_fns, invert
+
+
+def ssim(a: jnp.ndarray, b: jnp.ndarray, data_range: float = 2.0,
+         win_size: int = 11, sigma: float = 1.5) -> jnp.ndarray:
+  """Per-image SSIM (Wang et al. 2004), Gaussian window, valid region only.
+
+  Args:
+    a: ``[B, H, W, C]`` images.
+    b: same shape.
+    data_range: value range (2 for images in [-1, 1]).
+    win_size: window side (clipped to the image size, kept odd).
+    sigma: Gaussian window σ.
+
+  Returns:
+    ``[B]`` SSIM averaged over positions and channels.
+  """
+  win = min(win_size, a.shape[1], a.shape[2])
+  win -= 1 - win % 2
+  offs = jnp.arange(win, dtype=jnp.float32) - (win - 1) / 2
+  g = jnp.exp(-0.5 * jnp.square(offs / sigma))
+  g = g / jnp.sum(g)
+  c = a.shape[-1]
+
+  def filt(x):
+    for axis in (1, 2):
+      shape = (win, 1) if axis == 1 else (1, win)
+      k = jnp.broadcast_to(g.reshape(shape + (1, 1)), shape + (1, c))
+      x = lax.conv_general_dilated(x, k, (1, 1), 'VALID',
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                   feature_group_count=c)
+    return x
+
+  c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+  mu_a, mu_b = filt(a), filt(b)
+  s_aa = filt(a * a) - mu_a ** 2
+  s_bb = filt(b * b) - mu_b ** 2
+  s_ab = filt(a * b) - mu_a * mu_b
+  s = ((2 * mu_a * mu_b + c1) * (2 * s_ab + c2)) / (
+      (mu_a ** 2 + mu_b ** 2 + c1) * (s_aa + s_bb + c2))
+  return jnp.mean(s, axis=(1, 2, 3))
+
+
+def metric_names(cfg: StepConfig, models: Models, has_latent: bool) -> Tuple[str, ...]:
+  """Names of the validation metrics for a setting.
+
+  Args:
+    cfg: static step settings.
+    models: the modules (LPIPS / ArcFace presence).
+    has_latent: whether batches carry the true latent.
+
+  Returns:
+    Tuple of metric names.
+  """
+  names = ['loss', 'mse', 'mse_interest', 'ssim', 'ssim_interest']
+  if models.lpips is not None:
+    names += ['lpips', 'lpips_interest']
+  if models.arcface is not None:
+    names += ['id_sim', 'id_sim_interest']
+  if has_latent:
+    names.append('latent_mse')
+  names += [f'mse_interest_it{t}' for t in range(cfg.n_iters + 1)]
+  return tuple(names)
+
+
+def make_collection(names: Sequence[str]):
+  """A clu Collection class with one masked Average per name.
+
+  Args:
+    names: metric names.
+
+  Returns:
+    The Collection subclass.
+  """
+  return clu_metrics.Collection.create(
+      **{n: clu_metrics.Average.from_output(n) for n in names})
+
+
+def eval_step(state, frozen: Dict[str, Any], batch: Dict[str, jnp.ndarray], *,
+              models: Models, cfg: StepConfig, collection):
+  """Validation metrics of this device's shard, gathered over ``cfg.axis_name``.
+
+  Args:
+    state: the TrainState (fast weights, running BN statistics are used).
+    frozen: replicated constants (see ``step.train_step``).
+    batch: 'image', 'mask', 'valid' ``[b]``; optional 'target' (clean image)
+      and 'latent' (true W+ latent).
+    models: the modules.
+    cfg: static settings.
+    collection: class from :func:`make_collection` with the matching names.
+
+  Returns:
+    A replicated ``collection`` instance with the shard sums of all devices.
+  """
+  x, m = batch['image'], batch['mask']
+  target = batch.get('target', x)
+  w, _, y_hats = invert(state.encoder_variables, frozen, x, models=models, cfg=cfg)
+  y_hat = y_hats[-1]
+  lpips_fn, id_embed = _perceptual_fns(models, frozen)
+  ones = jnp.ones_like(m)
+  terms = losses.reconstruction_terms(y_hat, x, m, cfg.weights, lpips_fn, id_embed)
+  if cfg.weights.w_norm > 0:
+    terms['w_norm'] = losses.w_norm(w, frozen['latent_avg'])
+  out = {
+      'loss': losses.weighted_sum(terms, cfg.weights),
+      'mse': losses.interest_l2(y_hat, target, ones),
+      'mse_interest': losses.interest_l2(y_hat, target, m),
+      'ssim': ssim(y_hat, target),
+      'ssim_interest': ssim(m * y_hat, m * target),
+  }
+  if lpips_fn is not None:
+    out['lpips'] = lpips_fn(y_hat, target)
+    out['lpips_interest'] = lpips_fn(m * y_hat, m * target)
+  if id_embed is not None:
+    out['id_sim'] = 1.0 - losses.id_distance(id_embed, y_hat, target)
+    out['id_sim_interest'] = 1.0 - losses.id_distance(id_embed, m * y_hat, m * target)
+  if 'latent' in batch:
+    out['latent_mse'] = jnp.mean(jnp.square(w - batch['latent']), axis=(1, 2))
+  # it0 is ŷ₀ = G(w_avg): the score of predicting the average image.
+  out['mse_interest_it0'] = losses.interest_l2(
+      jnp.broadcast_to(frozen['avg_image'], x.shape), target, m)
+  for t in range(cfg.n_iters):
+    out[f'mse_interest_it{t + 1}'] = losses.interest_l2(y_hats[t], target, m)
+  valid = batch['valid'] > 0
+  if cfg.axis_name is None:
+    return collection.single_from_model_output(mask=valid, **out)
+  return collection.gather_from_model_output(axis_name=cfg.axis_name, mask=valid, **out)
+
+
+def visualize(state, frozen, batch, *, models: Models, cfg: StepConfig,
+              apply_filter: bool) -> jnp.ndarray:
+  """One image grid: per row x, mask, then (x̃ₜ, ŷₜ) for t = 1..T.
+
+  Args:
+    state: the TrainState.
+    frozen: replicated constants.
+    batch: 'image' ``[b, S, S, 3]`` and 'mask' ``[b, S, S, 1]`` (a few rows).
+    models: the modules.
+    cfg: static settings.
+    apply_filter: show the UnF-filtered training inputs (train grids) or x̃ = x.
+
+  Returns:
+    ``[b * S, (2 + 2T) * S, 3]`` image in [0, 1].
+  """
+  x, m = batch['image'], batch['mask']
+  _, x_tilde, y_hats = invert(state.encoder_variables, frozen, x, models=models,
+                              cfg=cfg, mask=m, apply_filter=apply_filter)
+  cols = [x, jnp.broadcast_to(m * 2.0 - 1.0, x.shape)]
+  for t in range(cfg.n_iters):
+    cols += [x_tilde[t], y_hats[t]]
+  grid = jnp.concatenate(cols, axis=2)  # [b, S, (2 + 2T) S, 3]
+  grid = grid.reshape((-1,) + grid.shape[2:])
+  return jnp.clip((grid + 1.0) / 2.0, 0.0, 1.0)

@@ -1,0 +1,312 @@
+"""Per-device train / eval / visualisation steps (pure module-level functions).
+
+ReStyle refinement with the IntereStyle additions, for one device's shard of
+the batch:
+
+    w₀ = w_avg,  ŷ₀ = pool(G(w_avg, const noise))
+    for t = 1..T:   x̃ₜ = UnF_σₜ(x, m);  wₜ = wₜ₋₁ + E([x̃ₜ, ŷₜ₋₁]);  ŷₜ = pool(G(wₜ))
+
+The T iterations are one ``lax.scan``. Each iteration's loss is differentiated
+*inside* the scan body with (wₜ₋₁, ŷₜ₋₁) held constant, and the gradients are
+summed in the carry, so nothing of iteration t is kept for a later backward
+pass: memory does not grow with T, and the sum equals the gradient of the
+summed loss (ReStyle calls ``loss.backward()`` once per iteration). With
+``loss_iterations='last'`` the first T − 1 iterations run as a forward-only
+scan. The optional InD pass then encodes [x, m ⊙ x] from the final latent.
+
+Gradients, BatchNorm statistics and metrics are averaged over the device axis
+``'batch'`` with ``lax.pmean``; the functions also run unmapped when
+``axis_name`` is None (tests, single-device tools).
+"""
+
+import dataclasses
+from typing import Any, Dict, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from interestyle_jax import filter as unf
+from interestyle_jax import losses
+from interestyle_jax.ops.pooling import adaptive_avg_pool2d
+from interestyle_jax.training.state import TrainState, apply_gradients
+
+LOSS_ITERATIONS = ('all', 'last')
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static (hashable) settings of the steps.
+
+  Attributes:
+    n_iters: refinement iterations T.
+    sigmas: per-iteration filter σ in pixels of the encoder-size image.
+    filter_region: 'uninterest' or 'whole'.
+    filter_padding: 'reflect' or 'zero'.
+    loss_iterations: 'all' or 'last'.
+    weights: the loss λs.
+    encoder_size: side of the encoder input (ŷ is pooled to it).
+    train_noise_mode: generator noise while training ('random' in ReStyle).
+    axis_name: device axis for pmean (None: unmapped).
+  """
+  n_iters: int
+  sigmas: Tuple[float, ...]
+  filter_region: str = 'uninterest'
+  filter_padding: str = 'reflect'
+  loss_iterations: str = 'all'
+  weights: losses.LossWeights = losses.LossWeights()
+  encoder_size: int = 256
+  train_noise_mode: str = 'random'
+  axis_name: Optional[str] = 'batch'
+
+  def __post_init__(self):
+    if len(self.sigmas) != self.n_iters:
+      raise ValueError(f'sigmas has {len(self.sigmas)} entries, n_iters is {self.n_iters}')
+    if self.loss_iterations not in LOSS_ITERATIONS:
+      raise ValueError(f'loss_iterations must be one of {LOSS_ITERATIONS}, '
+                       f'got {self.loss_iterations!r}')
+
+  @property
+  def radius(self) -> int:
+    """Static blur radius sized for the largest σ."""
+    return unf.kernel_radius(max(self.sigmas))
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+  """The linen modules (static); their variables travel separately.
+
+  Attributes:
+    encoder: the ReStyle encoder (``__call__(x, train)`` → Δ).
+    generator: the frozen StyleGAN2 generator.
+    lpips: LPIPS module or None (needs ``frozen['lpips']``).
+    arcface: ArcFace module or None (needs ``frozen['arcface']``).
+  """
+  encoder: nn.Module
+  generator: nn.Module
+  lpips: Optional[nn.Module] = None
+  arcface: Optional[nn.Module] = None
+
+
+def _pmean(tree, axis_name):
+  return tree if axis_name is None else lax.pmean(tree, axis_name)
+
+
+def _perceptual_fns(models: Models, frozen: Dict[str, Any]):
+  lpips_fn = id_embed = None
+  if models.lpips is not None:
+    lpips_fn = lambda a, b: models.lpips.apply(frozen['lpips'], a, b)
+  if models.arcface is not None:
+    from interestyle_jax.models import arcface  # pylint: disable=g-import-not-at-top
+    net = (models.arcface, frozen['arcface'])
+    id_embed = lambda x: arcface.id_features(net, x)
+  return lpips_fn, id_embed
+
+
+def render(models: Models, frozen, w: jnp.ndarray, size: int, noise_mode: str,
+           key: Optional[jax.Array] = None) -> jnp.ndarray:
+  """G(w) average-pooled (PyTorch adaptive pooling) to the encoder size.
+
+  Args:
+    models: the modules.
+    frozen: dict with 'generator' variables.
+    w: ``[B, n_styles, D]`` latents.
+    size: output side.
+    noise_mode: 'const', 'random' (needs ``key``) or 'none'.
+    key: PRNG key for random noise.
+
+  Returns:
+    ``[B, size, size, 3]`` images.
+  """
+  rngs = {'noise': key} if noise_mode == 'random' else None
+  img = models.generator.apply(frozen['generator'], w, noise_mode=noise_mode, rngs=rngs)
+  return adaptive_avg_pool2d(img, size)
+
+
+def initial_estimate(frozen, batch_size: int):
+  """(w₀, ŷ₀): the average latent and its (const-noise, pooled) image.
+
+  Args:
+    frozen: dict with 'latent_avg' ``[n_styles, D]`` and 'avg_image' ``[S, S, 3]``.
+    batch_size: B.
+
+  Returns:
+    ``([B, n_styles, D], [B, S, S, 3])``.
+  """
+  w_avg, y_avg = frozen['latent_avg'], frozen['avg_image']
+  return (jnp.broadcast_to(w_avg, (batch_size,) + w_avg.shape),
+          jnp.broadcast_to(y_avg, (batch_size,) + y_avg.shape))
+
+
+def _encode(models, params, batch_stats, x_in, y_prev, train: bool):
+  variables = {'params': params}
+  if batch_stats:
+    variables['batch_stats'] = batch_stats
+  inp = jnp.concatenate([x_in, y_prev], axis=-1)
+  if train and batch_stats:
+    delta, updates = models.encoder.apply(variables, inp, train=True,
+                                          mutable=['batch_stats'])
+    return delta, updates['batch_stats']
+  return models.encoder.apply(variables, inp, train=train), batch_stats
+
+
+def train_step(state: TrainState, frozen: Dict[str, Any], batch: Dict[str, jnp.ndarray],
+               rng: jax.Array, *, models: Models, cfg: StepConfig,
+               tx: optax.GradientTransformation):
+  """One optimizer step on this device's shard (pure; pmean over cfg.axis_name).
+
+  Args:
+    state: the replicated TrainState.
+    frozen: replicated constants: 'generator' variables, 'latent_avg'
+      ``[n_styles, D]``, 'avg_image' ``[S, S, 3]``, optional 'lpips'/'arcface'.
+    batch: 'image' ``[b, S, S, 3]`` in [-1, 1] and 'mask' ``[b, S, S, 1]``.
+    rng: base PRNG key; folded with the step and the device index.
+    models: the modules.
+    cfg: static settings.
+    tx: the optimizer that created ``state.opt_state``.
+
+  Returns:
+    ``(new_state, metrics)``; metrics is a dict of device-averaged scalars:
+    'loss' (the optimised total), the last iteration's terms ('l2', and
+    'lpips', 'id', 'w_norm' when enabled), 'ind' when enabled, and
+    'l2_it{t}' for every iteration t = 1..T.
+  """
+  x, m = batch['image'], batch['mask']
+  w_avg = frozen['latent_avg']
+  lpips_fn, id_embed = _perceptual_fns(models, frozen)
+  rng = jax.random.fold_in(rng, state.step)
+  if cfg.axis_name is not None:
+    # Different generator noise on every device and step.
+    rng = jax.random.fold_in(rng, lax.axis_index(cfg.axis_name))
+  keys = jax.random.split(rng, cfg.n_iters + 1)
+  sigmas = jnp.asarray(cfg.sigmas, jnp.float32)
+  radius = cfg.radius
+
+  def forward(params, batch_stats, w_prev, y_prev, x_in, key):
+    delta, batch_stats = _encode(models, params, batch_stats, x_in, y_prev, True)
+    w = w_prev + delta
+    y_hat = render(models, frozen, w, cfg.encoder_size, cfg.train_noise_mode, key)
+    loss, terms = losses.iteration_loss(y_hat, x, m, w, w_avg, cfg.weights,
+                                        lpips_fn, id_embed)
+    return loss, (terms, w, y_hat, batch_stats)
+
+  grad_fn = jax.value_and_grad(forward, has_aux=True)
+  fast = state.params.fast
+
+  def body(with_grad):
+    def step_fn(carry, inputs):
+      w_prev, y_prev, batch_stats, grad_sum = carry
+      sigma, key = inputs
+      x_in = unf.uninterest_filter(x, m, sigma, radius, cfg.filter_region,
+                                   cfg.filter_padding)
+      if with_grad:
+        (loss, (terms, w, y_hat, batch_stats)), g = grad_fn(
+            fast, batch_stats, w_prev, y_prev, x_in, key)
+        grad_sum = jax.tree.map(jnp.add, grad_sum, g)
+      else:
+        loss, (terms, w, y_hat, batch_stats) = forward(
+            fast, batch_stats, w_prev, y_prev, x_in, key)
+      # The next iteration sees (wₜ, ŷₜ) as constants.
+      carry = (lax.stop_gradient(w), lax.stop_gradient(y_hat), batch_stats, grad_sum)
+      return carry, (loss, terms)
+    return step_fn
+
+  w0, y0 = initial_estimate(frozen, x.shape[0])
+  zeros = jax.tree.map(jnp.zeros_like, fast)
+  carry = (w0, y0, state.batch_stats, zeros)
+  inputs = (sigmas, keys[:cfg.n_iters])
+  if cfg.loss_iterations == 'all':
+    carry, (it_loss, it_terms) = lax.scan(body(True), carry, inputs)
+    total = jnp.sum(it_loss)
+  else:
+    head = jax.tree.map(lambda a: a[:-1], inputs)
+    tail = jax.tree.map(lambda a: a[-1], inputs)
+    carry, (h_loss, h_terms) = lax.scan(body(False), carry, head)
+    carry, (t_loss, t_terms) = body(True)(carry, tail)
+    it_loss = jnp.concatenate([h_loss, t_loss[None]])
+    it_terms = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), h_terms, t_terms)
+    total = t_loss
+  w_last, _, batch_stats, grads = carry
+
+  metrics = {k: v[-1] for k, v in it_terms.items()}
+  for t in range(cfg.n_iters):
+    metrics[f'l2_it{t + 1}'] = it_terms['l2'][t]
+
+  if cfg.weights.ind > 0:
+    def ind_fn(params, batch_stats):
+      delta, batch_stats = _encode(models, params, batch_stats, x, m * x, True)
+      y_ind = render(models, frozen, w_last + delta, cfg.encoder_size,
+                     cfg.train_noise_mode, keys[-1])
+      value = losses.ind_loss(y_ind, x, m, cfg.weights, lpips_fn, id_embed)
+      return cfg.weights.ind * value, (value, batch_stats)
+
+    (ind_weighted, (ind_value, batch_stats)), g = jax.value_and_grad(
+        ind_fn, has_aux=True)(fast, batch_stats)
+    grads = jax.tree.map(jnp.add, grads, g)
+    total = total + ind_weighted
+    metrics['ind'] = ind_value
+  metrics['loss'] = total
+
+  grads = _pmean(grads, cfg.axis_name)
+  batch_stats = _pmean(batch_stats, cfg.axis_name)
+  metrics = _pmean(metrics, cfg.axis_name)
+  return apply_gradients(state, grads, batch_stats, tx), metrics
+
+
+def invert(encoder_variables, frozen, x: jnp.ndarray, *, models: Models,
+           cfg: StepConfig, mask: Optional[jnp.ndarray] = None,
+           apply_filter: bool = False):
+  """Inference-mode refinement (running BN statistics, const noise).
+
+  Args:
+    encoder_variables: ``{'params', 'batch_stats'}`` of the encoder.
+    frozen: the replicated constants (see :func:`train_step`).
+    x: ``[b, S, S, 3]`` images.
+    models: the modules.
+    cfg: static settings.
+    mask: interest mask (needed with ``apply_filter``).
+    apply_filter: feed UnF-filtered inputs (to visualise training inputs);
+      validation and inference use x̃ = x.
+
+  Returns:
+    ``(w, x_tilde, y_hats)``: final latents ``[b, n, D]``, the encoder inputs
+    ``[T, b, S, S, 3]`` and the outputs of every iteration ``[T, b, S, S, 3]``.
+  """
+  params = encoder_variables['params']
+  batch_stats = encoder_variables.get('batch_stats', {})
+  sigmas = jnp.asarray(cfg.sigmas, jnp.float32)
+
+  def step_fn(carry, sigma):
+    w_prev, y_prev = carry
+    x_in = x
+    if apply_filter:
+      x_in = unf.uninterest_filter(x, mask, sigma, cfg.radius, cfg.filter_region,
+                                   cfg.filter_padding)
+    delta, _ = _encode(models, params, batch_stats, x_in, y_prev, False)
+    w = w_prev + delta
+    y_hat = render(models, frozen, w, cfg.encoder_size, 'const')
+    return (w, y_hat), (x_in, y_hat)
+
+  (w, _), (x_tilde, y_hats) = lax.scan(step_fn, initial_estimate(frozen, x.shape[0]),
+                                       sigmas)
+  return w, x_tilde, y_hats
+
+
+def train_metric_names(cfg: StepConfig):
+  """Names of the scalars :func:`train_step` returns for ``cfg``.
+
+  Args:
+    cfg: static settings.
+
+  Returns:
+    Tuple of names.
+  """
+  w = cfg.weights
+  names = ['loss', 'l2']
+  names += [k for k, lam in (('lpips', w.lpips), ('id', w.id), ('w_norm', w.w_norm)) if lam > 0]
+  if w.ind > 0:
+    names.append('ind')
+  names += [f'l2_it{t + 1}' for t in range(cfg.n_iters)]
+  return tuple(names)

@@ -1,0 +1,40 @@
+"""Trains an IntereStyle encoder.
+
+    python train.py --config configs/synthetic.py --workdir runs/synthetic
+    python train.py --config configs/ffhq.py --workdir runs/ffhq \
+        --config.data.train_dir=/data/ffhq --config.batch_size=16
+
+Any config field can be overridden with ``--config.<field>=value``. Re-running
+the same command resumes from the latest checkpoint in the workdir.
+"""
+
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+from interestyle_jax.data.tf_setup import import_tf
+from interestyle_jax.training import loop
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and metrics.')
+flags.DEFINE_bool('distributed', False,
+                  'Call jax.distributed.initialize() first (multi-host jobs).')
+config_flags.DEFINE_config_file(
+    'config', None, 'Training configuration file (configs/*.py).', lock_config=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError('Too many command-line arguments.')
+  # clu's TensorBoard writer imports TensorFlow: keep it off the accelerators.
+  import_tf()
+  if FLAGS.distributed:
+    jax.distributed.initialize()
+  logging.info('JAX process %d / %d, %d local devices (%s)', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.default_backend())
+  loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)
