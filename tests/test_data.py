@@ -183,6 +183,8 @@ def test_eval_single_host_pads_last_batch(dataset):
   assert [np.asarray(b['valid']).tolist() for b in batches] == [[[1, 1, 1, 1]], [[1, 1, 1, 0]]]
   again = list(pipeline.make_eval_iterator(dataset, 4))
   np.testing.assert_array_equal(np.asarray(batches[0]['image']), np.asarray(again[0]['image']))
+  # Repeated evals reuse the builder instead of listing the folders again.
+  assert pipeline.load_builder(dataset) is pipeline.load_builder(dataset)
 
 
 def test_test_fraction_split_and_missing_test_split(tmp_path):

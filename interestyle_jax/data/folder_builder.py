@@ -17,9 +17,11 @@ on first use)::
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import itertools
+import logging as pylogging
 import multiprocessing
 import os
 import sys
@@ -288,6 +290,27 @@ def check_report(split: str, report: dict, strict: bool, folder_hint: str = '') 
     raise DataValidationError(f'no usable example in the {where}: every pair was skipped.')
 
 
+class _DropCustomConfigNote(pylogging.Filter):
+  """Drops TFDS's 'Using custom data configuration' note.
+
+  Every config of this builder is custom (named after the folders), so the
+  note — a full dataclass repr, at WARNING level — says nothing useful.
+  """
+
+  def filter(self, record):
+    return not str(record.msg).startswith('Using custom data configuration')
+
+
+@contextlib.contextmanager
+def _quiet_custom_config_note():
+  logger, note = logging.get_absl_logger(), _DropCustomConfigNote()
+  logger.addFilter(note)
+  try:
+    yield
+  finally:
+    logger.removeFilter(note)
+
+
 def prepare(train_dir: str, test_dir: str = '', *, image_size: int = 256, data_dir: str,
             test_fraction: float = 0.0, strict: bool = False, workers: int = 0,
             process_index: int = 0, build: bool = True) -> InterestFolder:
@@ -316,8 +339,9 @@ def prepare(train_dir: str, test_dir: str = '', *, image_size: int = 256, data_d
     raise DataValidationError(f'data.image_size must be positive, got {image_size}')
   splits = scan(train_dir, test_dir, test_fraction)
   config = make_config(train_dir, test_dir, image_size, test_fraction, splits)
-  builder = InterestFolder(config=config, splits=splits, strict=strict, workers=workers,
-                           data_dir=data_dir)
+  with _quiet_custom_config_note():
+    builder = InterestFolder(config=config, splits=splits, strict=strict, workers=workers,
+                             data_dir=data_dir)
   if builder.is_prepared():
     for split, report in sorted(builder.info.metadata.items()):
       if process_index == 0 or strict:

@@ -100,6 +100,9 @@ def _topology(process_index, process_count, local_device_count) -> Tuple[int, in
   return pi, pc, ldc
 
 
+_BUILDERS = {}  # (fields that define the data) -> prepared builder, per process
+
+
 def load_builder(data_config: ml_collections.ConfigDict, process_index: Optional[int] = None):
   """Validates the folders and returns the prepared TFDS builder.
 
@@ -114,7 +117,9 @@ def load_builder(data_config: ml_collections.ConfigDict, process_index: Optional
       decides who logs the report.
 
   Returns:
-    A prepared ``folder_builder.InterestFolder``.
+    A prepared ``folder_builder.InterestFolder``; the same object again for
+    the same folders and size, so that a fresh eval iterator every few
+    thousand steps does not list 70,000 files again.
   """
   if data_config.source != 'folder':
     raise ValueError(f"data.source={data_config.source!r} is not read by this pipeline; "
@@ -124,6 +129,14 @@ def load_builder(data_config: ml_collections.ConfigDict, process_index: Optional
   kwargs = dict(image_size=data_config.image_size, data_dir=resolve_data_dir(data_config),
                 test_fraction=data_config.test_fraction, strict=data_config.strict,
                 workers=data_config.prepare_workers, process_index=pi)
+  key = (data_config.train_dir, data_config.test_dir, data_config.image_size,
+         kwargs['data_dir'], data_config.test_fraction, data_config.strict)
+  if key not in _BUILDERS:
+    _BUILDERS[key] = _prepare(folder_builder, data_config, kwargs)
+  return _BUILDERS[key]
+
+
+def _prepare(folder_builder, data_config, kwargs):
   if jax.process_count() == 1:
     return folder_builder.prepare(data_config.train_dir, data_config.test_dir, **kwargs)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
