@@ -68,7 +68,8 @@ def per_device_batch_size(global_batch_size: int, process_count: int,
   n = process_count * local_device_count
   if global_batch_size <= 0 or global_batch_size % n:
     raise ValueError(
-        f'global_batch_size={global_batch_size} (the config batch size) must be a positive '
+        f'global_batch_size={global_batch_size} (config.batch_size / config.eval_batch_size in '
+        f'train.py configs) must be a positive '
         f'multiple of process_count*local_device_count = {process_count}*{local_device_count} '
         f'= {n}; set the batch size to a multiple of {n}.')
   return global_batch_size // n
