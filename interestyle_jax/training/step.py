@@ -152,34 +152,29 @@ def _encode(models, params, batch_stats, x_in, y_prev, train: bool):
   return models.encoder.apply(variables, inp, train=train), batch_stats
 
 
-def train_step(state: TrainState, frozen: Dict[str, Any], batch: Dict[str, jnp.ndarray],
-               rng: jax.Array, *, models: Models, cfg: StepConfig,
-               tx: optax.GradientTransformation):
-  """One optimizer step on this device's shard (pure; pmean over cfg.axis_name).
+def loss_and_grads(params, batch_stats, frozen: Dict[str, Any],
+                   batch: Dict[str, jnp.ndarray], rng: jax.Array, *, models: Models,
+                   cfg: StepConfig):
+  """Summed-iteration (+ InD) loss gradients on one shard, no averaging.
 
   Args:
-    state: the replicated TrainState.
+    params: encoder parameters (the fast weights).
+    batch_stats: encoder BatchNorm statistics.
     frozen: replicated constants: 'generator' variables, 'latent_avg'
       ``[n_styles, D]``, 'avg_image' ``[S, S, 3]``, optional 'lpips'/'arcface'.
     batch: 'image' ``[b, S, S, 3]`` in [-1, 1] and 'mask' ``[b, S, S, 1]``.
-    rng: base PRNG key; folded with the step and the device index.
+    rng: PRNG key of this shard and step (generator noise).
     models: the modules.
     cfg: static settings.
-    tx: the optimizer that created ``state.opt_state``.
 
   Returns:
-    ``(new_state, metrics)``; metrics is a dict of device-averaged scalars:
-    'loss' (the optimised total), the last iteration's terms ('l2', and
-    'lpips', 'id', 'w_norm' when enabled), 'ind' when enabled, and
-    'l2_it{t}' for every iteration t = 1..T.
+    ``(grads, batch_stats, metrics)``: gradients w.r.t. ``params``, the
+    statistics after the T (+1) train-mode encoder passes, and scalar metrics
+    (see :func:`train_step`).
   """
   x, m = batch['image'], batch['mask']
   w_avg = frozen['latent_avg']
   lpips_fn, id_embed = _perceptual_fns(models, frozen)
-  rng = jax.random.fold_in(rng, state.step)
-  if cfg.axis_name is not None:
-    # Different generator noise on every device and step.
-    rng = jax.random.fold_in(rng, lax.axis_index(cfg.axis_name))
   keys = jax.random.split(rng, cfg.n_iters + 1)
   sigmas = jnp.asarray(cfg.sigmas, jnp.float32)
   radius = cfg.radius
@@ -193,7 +188,7 @@ def train_step(state: TrainState, frozen: Dict[str, Any], batch: Dict[str, jnp.n
     return loss, (terms, w, y_hat, batch_stats)
 
   grad_fn = jax.value_and_grad(forward, has_aux=True)
-  fast = state.params.fast
+  fast = params
 
   def body(with_grad):
     def step_fn(carry, inputs):
@@ -215,7 +210,7 @@ def train_step(state: TrainState, frozen: Dict[str, Any], batch: Dict[str, jnp.n
 
   w0, y0 = initial_estimate(frozen, x.shape[0])
   zeros = jax.tree.map(jnp.zeros_like, fast)
-  carry = (w0, y0, state.batch_stats, zeros)
+  carry = (w0, y0, batch_stats, zeros)
   inputs = (sigmas, keys[:cfg.n_iters])
   if cfg.loss_iterations == 'all':
     carry, (it_loss, it_terms) = lax.scan(body(True), carry, inputs)
@@ -248,8 +243,53 @@ def train_step(state: TrainState, frozen: Dict[str, Any], batch: Dict[str, jnp.n
     total = total + ind_weighted
     metrics['ind'] = ind_value
   metrics['loss'] = total
+  return grads, batch_stats, metrics
 
+
+def step_rng(rng: jax.Array, step, axis_name: Optional[str]) -> jax.Array:
+  """The generator-noise key of one step on one device.
+
+  Args:
+    rng: the run's base key.
+    step: the optimizer step (traced).
+    axis_name: device axis; its index is folded in so devices draw
+      different noise (None: unmapped).
+
+  Returns:
+    A PRNG key.
+  """
+  rng = jax.random.fold_in(rng, step)
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
+  return rng
+
+
+def train_step(state: TrainState, frozen: Dict[str, Any], batch: Dict[str, jnp.ndarray],
+               rng: jax.Array, *, models: Models, cfg: StepConfig,
+               tx: optax.GradientTransformation):
+  """One optimizer step on this device's shard (pure; pmean over cfg.axis_name).
+
+  Args:
+    state: the replicated TrainState.
+    frozen: replicated constants (see :func:`loss_and_grads`).
+    batch: this device's 'image' ``[b, S, S, 3]`` and 'mask' ``[b, S, S, 1]``.
+    rng: base PRNG key; folded with the step and the device index.
+    models: the modules.
+    cfg: static settings.
+    tx: the optimizer that created ``state.opt_state``.
+
+  Returns:
+    ``(new_state, metrics)``; metrics is a dict of device-averaged scalars:
+    'loss' (the optimised total), the last iteration's terms ('l2', and
+    'lpips', 'id', 'w_norm' when enabled), 'ind' when enabled, and
+    'l2_it{t}' for every iteration t = 1..T.
+  """
+  rng = step_rng(rng, state.step, cfg.axis_name)
+  grads, batch_stats, metrics = loss_and_grads(
+      state.params.fast, state.batch_stats, frozen, batch, rng, models=models, cfg=cfg)
   grads = _pmean(grads, cfg.axis_name)
+  # BatchNorm statistics are per device (as with PyTorch DataParallel); their
+  # average keeps the replicas identical.
   batch_stats = _pmean(batch_stats, cfg.axis_name)
   metrics = _pmean(metrics, cfg.axis_name)
   return apply_gradients(state, grads, batch_stats, tx), metrics

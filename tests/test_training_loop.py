@@ -1,0 +1,148 @@
+"""The training loop: resume, train.py end to end, config validation."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from interestyle_jax import artifacts
+from interestyle_jax.training import config as config_lib
+from interestyle_jax.training import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Overrides shrinking configs/synthetic.py to seconds (16 px world, T = 2).
+TINY = {
+    'num_train_steps': 4, 'batch_size': 4, 'eval_batch_size': 8, 'log_every_steps': 2,
+    'eval_every_steps': 2, 'checkpoint_every_steps': 2, 'image_every_steps': 2,
+    'num_grid_images': 2, 'model.encoder_size': 16, 'model.n_iters': 2,
+    'model.encoder.width': 4, 'filter.sigmas': (16.0, 0.0), 'synthetic.resolution': 16,
+    'synthetic.style_dim': 16, 'synthetic.width': 8, 'synthetic.n_mlp': 1,
+    'synthetic.num_heldout': 8, 'data.image_size': 16,
+}
+
+
+def load_config(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs',
+                                                                    f'{name}.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def tiny_config(**overrides):
+  c = load_config('synthetic')
+  for key, value in {**TINY, **overrides}.items():
+    node = c
+    *path, leaf = key.split('.')
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def encoder_params(workdir):
+  meta, tree = artifacts.load_artifact(os.path.join(workdir, 'inference'), 'restyle')
+  return meta, tree['encoder']
+
+
+def test_resume_continues_exactly(tmp_path):
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  loop.train_and_evaluate(tiny_config(), straight)
+  first = loop.train_and_evaluate(tiny_config(num_train_steps=2), resumed)
+  assert first['step'] == 2
+  _, params_at_2 = encoder_params(resumed)
+  initial_before = open(os.path.join(resumed, loop.INITIAL_METRICS)).read()
+  second = loop.train_and_evaluate(tiny_config(), resumed)  # same dir, 4 steps
+  assert second['step'] == 4
+  # Resumed from the step-2 checkpoint (no second step-0 evaluation) ...
+  assert open(os.path.join(resumed, loop.INITIAL_METRICS)).read() == initial_before
+  assert sorted(os.listdir(os.path.join(resumed, 'checkpoints'))) == ['2', '4']
+  # ... and continued exactly as the uninterrupted run (same data, noise, state).
+  meta, a = encoder_params(straight)
+  _, b = encoder_params(resumed)
+  assert meta['step'] == 4
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+  assert any(not np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(params_at_2), jax.tree.leaves(b)))
+  # Re-running a finished job only re-evaluates.
+  again = loop.train_and_evaluate(tiny_config(), resumed)
+  assert again['step'] == 4
+  np.testing.assert_allclose(again['eval']['loss'], second['eval']['loss'], rtol=1e-6)
+
+
+def _cli(workdir, *extra):
+  args = [sys.executable, os.path.join(REPO, 'train.py'), '--config',
+          os.path.join(REPO, 'configs', 'synthetic.py'), '--workdir', workdir]
+  for key, value in TINY.items():
+    args.append(f'--config.{key}={value}')
+  return subprocess.run(args + list(extra), cwd=REPO, capture_output=True, text=True,
+                        timeout=600)
+
+
+def test_train_py_end_to_end(tmp_path):
+  workdir = str(tmp_path / 'run')
+  out = _cli(workdir, '--config.num_train_steps=3', '--config.loss.iterations=last')
+  assert out.returncode == 0, out.stderr[-5000:]
+  report = json.load(open(os.path.join(workdir, loop.FINAL_METRICS)))
+  assert report['step'] == 3
+  for key in ('mse_interest', 'mse', 'ssim_interest', 'latent_mse', 'mse_interest_it0',
+              'mse_interest_it2', 'loss'):
+    assert np.isfinite(report['eval'][key]), key
+  assert 'mse_interest_ratio_to_step0' in report
+  assert os.listdir(os.path.join(workdir, 'best'))
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '3']
+  # The exported model is what load_inverter reads.
+  from interestyle_jax.inference import load_inverter  # pylint: disable=g-import-not-at-top
+  inv = load_inverter(workdir)
+  res = inv.invert(np.zeros((2, 16, 16, 3), np.float32))
+  assert res.images.shape == (2, 16, 16, 3) and res.iterations.shape[0] == 2
+  # TensorBoard got scalars, the progress rate and image grids.
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  acc = event_accumulator.EventAccumulator(workdir, size_guidance={'tensors': 0})
+  acc.Reload()
+  tags = set(acc.Tags()['tensors'])
+  assert {'train/loss', 'train/l2_it1', 'eval/mse_interest', 'steps_per_sec',
+          'train/grid', 'eval/grid'} <= tags, tags
+
+
+def test_config_file_typos_and_impossible_combinations():
+  config_lib.validate(load_config('synthetic'), 1)
+  ffhq = load_config('ffhq')
+  config_lib.validate(ffhq, 8)
+  assert ffhq.model.n_iters == 5 and tuple(ffhq.filter.sigmas) == (16, 9, 4, 1, 0)
+  assert (ffhq.loss.l2, ffhq.loss.lpips, ffhq.loss.id, ffhq.loss.ind) == (1.0, 0.8, 0.1, 0.05)
+  assert ffhq.optim.lr == 1e-4 and ffhq.batch_size == 8
+
+  def fails(match, devices=1, **overrides):
+    c = tiny_config(**overrides)
+    with pytest.raises(config_lib.ConfigError, match=match):
+      config_lib.validate(c, devices)
+
+  c = tiny_config()
+  with c.unlocked():
+    c.loss.lpipss = 0.8
+  with pytest.raises(config_lib.ConfigError, match=r'config\.loss\.lpipss .*lpips'):
+    config_lib.validate(c, 1)
+  fails(r'config\.batch_size=4 is not divisible by the 3 devices', devices=3)
+  fails(r'config\.filter\.sigmas has 3 entries .*n_iters=2', **{'filter.sigmas': (1., 2., 3.)})
+  fails(r'config\.filter\.region', **{'filter.region': 'face'})
+  fails(r'config\.loss\.iterations', **{'loss.iterations': 'first'})
+  fails(r'config\.loss\.lpips_path', **{'loss.lpips': 0.8})
+  fails(r'config\.data\.source', **{'data.source': 'imagenet'})
+  fails(r'config\.model\.encoder_size', **{'model.encoder_size': 24})
+
+
+def test_train_py_rejects_bad_config_before_compiling(tmp_path):
+  out = _cli(str(tmp_path / 'bad'), '--config.loss.iterations=first')
+  assert out.returncode != 0
+  assert 'config.loss.iterations' in out.stderr
+  assert not os.path.exists(tmp_path / 'bad' / 'checkpoints')
+  out = _cli(str(tmp_path / 'typo'), '--config.loss.lpipss=1')
+  assert out.returncode != 0 and 'lpipss' in out.stderr
