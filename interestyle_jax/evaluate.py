@@ -191,10 +191,18 @@ def synthetic_batches(inverter, config, batch_size: int,
     dicts 'image', 'mask', 'target', 'latent', 'valid'.
   """
   from interestyle_jax import synthetic  # pylint: disable=g-import-not-at-top
+  from interestyle_jax.training.setup import GENERATOR_FIELDS  # pylint: disable=g-import-not-at-top
   if config.model.get('generator_path'):
     raise ValueError('this run trained on a converted generator '
                      f'({config.model.generator_path}), not the synthetic world; '
                      'evaluate it on a folder instead')
+  # Architecture first: a mismatch is then reported before the world is built.
+  for field in GENERATOR_FIELDS:
+    if int(config.synthetic[field]) != int(getattr(inverter.generator, field)):
+      raise ValueError(f'the checkpoint\'s generator is not the synthetic world of this '
+                       f'config: config.synthetic.{field}={config.synthetic[field]} but the '
+                       f'checkpoint has {field}={getattr(inverter.generator, field)}; pass the '
+                       'config the run was trained with (--config)')
   world = synthetic.build_world(config.synthetic)
   _check_same_generator(world, inverter)
   held = synthetic.heldout_set(world, config.synthetic.num_heldout,
@@ -211,13 +219,12 @@ def _check_same_generator(world, inverter) -> None:
   """Refuses a checkpoint whose generator is not the synthetic world's."""
   a = jax.tree_util.tree_leaves(world.variables)
   b = jax.tree_util.tree_leaves(inverter.generator_variables)
-  same = (world.generator.n_styles == inverter.generator.n_styles
-          and len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b))
+  same = (len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b))
           and all(np.allclose(np.asarray(x), np.asarray(y), atol=1e-5) for x, y in zip(a, b)))
   if not same:
-    raise ValueError('the checkpoint\'s generator is not the synthetic world of this config '
-                     '(was the run trained with other config.synthetic.* values? pass '
-                     'the matching --config)')
+    raise ValueError('the checkpoint\'s generator weights are not the synthetic world of '
+                     'this config (was the run trained with another config.synthetic.seed '
+                     'or image_std?); pass the config the run was trained with (--config)')
 
 
 def evaluate(inverter, batches, n_iters: int, lpips_net=None, arcface_net=None,

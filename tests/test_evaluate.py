@@ -152,19 +152,21 @@ def test_evaluate_folder_matches_direct_inversion(model_dir, nets, data_dir, tmp
   assert len(set(np.round(result['metrics']['mse'], 6))) > 1  # iterations differ
 
 
-def test_two_devices_give_the_same_numbers(model_dir, data_dir, tmp_path):
+def test_two_devices_give_the_same_numbers(model_dir, data_dir, tmp_path, capsys):
   """Batch sharding over 2 (forced host) devices: same result as one device."""
-  outs = []
-  for n_dev in (1, 2):
-    out = str(tmp_path / f'eval{n_dev}.json')
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={n_dev}',
-               JAX_PLATFORMS='cpu')
-    cmd = [sys.executable, '-W', 'error::DeprecationWarning', '-m', 'interestyle_jax.evaluate',
-           '--checkpoint', model_dir, '--data', data_dir, '--batch_size', '3', '--output', out]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tc.REPO)
-    assert res.returncode == 0, res.stderr[-3000:]
-    outs.append(json.load(open(out)))
-  assert [o['devices'] for o in outs] == [1, 2]
+  args = ['--checkpoint', model_dir, '--data', data_dir, '--batch_size', '3']
+  one = str(tmp_path / 'eval1.json')
+  assert evaluate_main(args + ['--output', one]) == 0
+  capsys.readouterr()
+  two = str(tmp_path / 'eval2.json')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_PLATFORMS='cpu')
+  cmd = [sys.executable, '-W', 'error::DeprecationWarning', '-m', 'interestyle_jax.evaluate',
+         *args, '--output', two]
+  res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tc.REPO)
+  assert res.returncode == 0, res.stderr[-3000:]
+  outs = [json.load(open(one)), json.load(open(two))]
+  assert [o['devices'] for o in outs] == [jax.local_device_count(), 2]
   assert outs[0]['n_images'] == outs[1]['n_images'] == 4
   for k, v in outs[0]['metrics'].items():
     np.testing.assert_allclose(outs[1]['metrics'][k], v, rtol=1e-5, atol=1e-7)
@@ -185,7 +187,8 @@ def test_evaluate_errors(model_dir, nets, data_dir, tmp_path, capsys):
   assert 'pass --config configs/synthetic.py' in capsys.readouterr().err
   assert evaluate_main(['--checkpoint', model_dir, '--data', 'synthetic', '--output', out,
                         '--config', tc.SYNTHETIC_CONFIG]) == 2
-  assert 'not the synthetic world' in capsys.readouterr().err
+  assert 'config.synthetic.style_dim=64 but the checkpoint has style_dim=16' in (
+      capsys.readouterr().err)
   assert not os.path.exists(out)
 
 
@@ -208,3 +211,13 @@ def test_synthetic_heldout_matches_training_metrics(trained, tmp_path, capsys):
     assert abs(got['metrics'][k][-1] - want[k]) <= 1e-4 * max(1.0, abs(want[k])), k
   for t in range(n_iters):
     assert abs(got['metrics']['mse_interest'][t] - want[f'mse_interest_it{t + 1}']) <= 1e-5
+  # A JSON config (the format of WORKDIR/config.json) of another world seed:
+  # same architecture, other weights, refused.
+  from interestyle_jax.evaluate import load_training_config
+  cfg = load_training_config(trained, tc.SYNTHETIC_CONFIG)
+  cfg.synthetic.seed = 1
+  other = tmp_path / 'other.json'
+  other.write_text(cfg.to_json_best_effort())
+  assert evaluate_main(['--checkpoint', trained, '--data', 'synthetic', '--config', str(other),
+                        '--output', out]) == 2
+  assert "generator weights are not the synthetic world" in capsys.readouterr().err

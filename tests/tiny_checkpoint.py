@@ -37,7 +37,8 @@ def make_restyle_dir(path: str, seed: int = 0, n_iters: int = N_ITERS) -> str:
   k_gen, k_enc, k_avg = jax.random.split(jax.random.PRNGKey(seed), 3)
   gen = Generator(**GENERATOR)
   gen_vars = jax.jit(gen.init)(k_gen, jnp.zeros((1, N_STYLES, STYLE_DIM)))
-  enc_vars = _encoder_variables(np.random.default_rng(seed))
+  enc_vars = _random_variables(BackboneEncoder(**ENCODER), np.random.default_rng(seed),
+                              jnp.zeros((1, SIZE, SIZE, 6)))
   w_avg = jax.jit(lambda v, k: gen.apply(v, 256, k, method=gen.mean_latent))(gen_vars, k_avg)[0]
   tree = {'encoder': enc_vars, 'generator': dict(gen_vars),
           'latent_avg': jnp.broadcast_to(w_avg, (N_STYLES, STYLE_DIM))}
@@ -46,14 +47,17 @@ def make_restyle_dir(path: str, seed: int = 0, n_iters: int = N_ITERS) -> str:
   return artifacts.save_artifact(path, tree, meta)
 
 
-def _encoder_variables(rng):
-  """Random encoder variables filled from the shapes alone.
+def _random_variables(module, rng, *inputs):
+  """Random variables of ``module`` filled from the shapes alone.
 
-  ``BackboneEncoder.init`` takes tens of seconds to run or compile on a busy
-  CPU; the tests need finite, moderate outputs, not Flax's exact initialisers.
+  ``init`` of these networks takes many seconds to run or compile on a busy
+  CPU; the tests need finite, moderate outputs, not Flax's exact initialisers:
+  BatchNorm scale / running variance 1, biases and running means 0, PReLU
+  slopes 0.25, kernels N(0, 1 / fan_in), EqualLinear weights N(0, 1) (the
+  layer scales itself), style heads 10x smaller (small residuals, as a
+  trained encoder's are).
   """
-  shapes = jax.eval_shape(BackboneEncoder(**ENCODER).init, jax.random.PRNGKey(0),
-                          jnp.zeros((1, SIZE, SIZE, 6)))
+  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), *inputs)
 
   def fill(path, s):
     name = jax.tree_util.keystr(path)
@@ -63,10 +67,9 @@ def _encoder_variables(rng):
       return np.zeros(s.shape, np.float32)
     if 'prelu' in name:
       return np.full(s.shape, 0.25, np.float32)
-    fan_in = int(np.prod(s.shape[:-1]))
-    std = 1.0 if name.endswith("['weight']") else 1.0 / np.sqrt(fan_in)  # EqualLinear scales itself
+    std = 1.0 if name.endswith("['weight']") else 1.0 / np.sqrt(np.prod(s.shape[:-1]))
     if 'styles_' in name:
-      std *= 0.1  # small residuals, as a trained encoder's are
+      std *= 0.1
     return (std * rng.standard_normal(s.shape)).astype(np.float32)
 
   return jax.tree_util.tree_map_with_path(fill, shapes)
@@ -74,9 +77,8 @@ def _encoder_variables(rng):
 
 def make_lpips_dir(path: str, seed: int = 1) -> str:
   """Writes a narrow random LPIPS directory (lin weights made non-negative)."""
-  net = LPIPS(channels=(8, 8, 8, 8, 8))
   x = jnp.zeros((1, SIZE, SIZE, 3))
-  params = net.init(jax.random.PRNGKey(seed), x, x)['params']
+  params = _random_variables(LPIPS(channels=(8,) * 5), np.random.default_rng(seed), x, x)['params']
   # LPIPS v0.1 lin weights are non-negative, so distances are >= 0.
   params = {k: (jax.tree_util.tree_map(jnp.abs, v) if k.startswith('lin') else v)
             for k, v in params.items()}
@@ -87,8 +89,8 @@ def make_lpips_dir(path: str, seed: int = 1) -> str:
 def make_arcface_dir(path: str, seed: int = 2) -> str:
   """Writes a narrow random ArcFace directory (16 px input, 32-d embedding)."""
   kwargs = dict(stage_units=[1, 1, 1, 1], width=8, input_size=16, embedding_dim=32)
-  net = ArcFace(**kwargs)
-  variables = net.init(jax.random.PRNGKey(seed), jnp.zeros((1, 16, 16, 3)))
+  variables = _random_variables(ArcFace(**kwargs), np.random.default_rng(seed),
+                               jnp.zeros((1, 16, 16, 3)))
   return artifacts.save_artifact(path, {'arcface': dict(variables)},
                                  {'kind': 'arcface', 'arcface': kwargs})
 
