@@ -37,6 +37,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from interestyle_jax import artifacts, metrics
 from interestyle_jax.data import folder
+# _refine is the Inverter's own loop: evaluation and inversion cannot drift apart.
 from interestyle_jax.inference import _refine, average_image, load_inverter, resolve_model_dir
 from interestyle_jax.invert import too_small
 from interestyle_jax.ops.pooling import adaptive_avg_pool2d
@@ -86,7 +87,9 @@ def make_eval_fn(inverter, n_iters: int, mesh: Mesh, lpips_module=None,
     return res
 
   # Metrics are per image, so no collective is needed: out_specs keeps the
-  # batch axis sharded and the host averages.
+  # batch axis sharded and the host averages. check_vma=False: the refinement
+  # scan's carry starts from the replicated average latent and becomes
+  # batch-varying, which the varying-axes type check rejects.
   return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)),
                                out_specs=P(None, AXIS), check_vma=False))
 

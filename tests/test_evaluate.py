@@ -89,6 +89,13 @@ def np_lpips(net, a, b):
   return total
 
 
+def np_cos(net, a, b):
+  """Cosine of the ArcFace embeddings (the network's face crop + pooling)."""
+  ea = np.asarray(id_features(net, a), np.float64)
+  eb = np.asarray(id_features(net, b), np.float64)
+  return np.sum(ea * eb, -1) / np.linalg.norm(ea, axis=-1) / np.linalg.norm(eb, axis=-1)
+
+
 def test_metrics_match_numpy(arrays, nets):
   a, b, m = arrays
   np.testing.assert_allclose(metrics.mse(a, b), np.mean((a - b) ** 2, axis=(1, 2, 3)),
@@ -102,11 +109,9 @@ def test_metrics_match_numpy(arrays, nets):
   np.testing.assert_allclose(metrics.lpips(lp, a, b), np_lpips(lp, a, b), rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(metrics.lpips(lp, a, b, m), np_lpips(lp, m * a, m * b),
                              rtol=1e-4, atol=1e-6)
-  for mask in (None, m):
-    ea = np.asarray(id_features(arc, a if mask is None else m * a), np.float64)
-    eb = np.asarray(id_features(arc, b if mask is None else m * b), np.float64)
-    cos = np.sum(ea * eb, -1) / np.linalg.norm(ea, axis=-1) / np.linalg.norm(eb, axis=-1)
-    np.testing.assert_allclose(metrics.id_similarity(arc, a, b, mask), cos, atol=1e-5)
+  np.testing.assert_allclose(metrics.id_similarity(arc, a, b), np_cos(arc, a, b), atol=1e-5)
+  np.testing.assert_allclose(metrics.id_similarity(arc, a, b, m), np_cos(arc, m * a, m * b),
+                             atol=1e-5)
   w, w2 = a[:, :4, :5, 0], b[:, :4, :5, 0]
   np.testing.assert_allclose(metrics.latent_mse(w, w2), np.mean((w - w2) ** 2, axis=(1, 2)),
                              rtol=1e-5)
@@ -146,7 +151,8 @@ def test_evaluate_folder_matches_direct_inversion(model_dir, nets, data_dir, tmp
     y = its[t]
     want = {'mse': np.mean((y - x) ** 2), 'mse_interest': np.mean((m * y - m * x) ** 2),
             'ssim': np_ssim(y, x).mean(), 'ssim_interest': np_ssim(m * y, m * x).mean(),
-            'lpips': np_lpips(lp, y, x).mean(), 'lpips_interest': np_lpips(lp, m * y, m * x).mean()}
+            'lpips': np_lpips(lp, y, x).mean(), 'lpips_interest': np_lpips(lp, m * y, m * x).mean(),
+            'id_sim': np_cos(arc, y, x).mean(), 'id_sim_interest': np_cos(arc, m * y, m * x).mean()}
     for k, v in want.items():
       assert abs(result['metrics'][k][t] - v) <= 1e-4 * max(1.0, abs(v)), (k, t)
   assert len(set(np.round(result['metrics']['mse'], 6))) > 1  # iterations differ
