@@ -164,10 +164,12 @@ def invert_files(inverter, inputs: List[Tuple[str, str]], out_dir: str,
     if pad:
       imgs = np.concatenate([imgs, np.repeat(imgs[-1:], pad, axis=0)])
     out = inverter.invert(imgs, n_iters=n_iters)
+    # One device-to-host copy per batch, then NumPy slicing per image.
+    recons, latents = np.asarray(out.images), np.asarray(out.latents)
     iters = np.swapaxes(np.asarray(out.iterations), 0, 1)  # [B, T, R, R, 3]
     for k, (stem, image) in enumerate(pending):
       strip = editing.image_grid(np.concatenate([image[None], editing.resize(iters[k], size)]))
-      _write(out_dir, stem, np.asarray(out.images[k]), strip, out.latents[k])
+      _write(out_dir, stem, recons[k], strip, latents[k])
       inverted.append(stem)
     bar.update(len(pending))
     pending.clear()
