@@ -47,15 +47,16 @@ def max_diff(a, b):
 
 def main():
   assert jax.device_count() == 4, jax.devices()
-  gen = Generator(RES, style_dim=SD, n_mlp=1, width=8)
+  gen = Generator(RES, style_dim=SD, n_mlp=1, width=4)
   n = gen.n_styles
-  gv = gen.init(jax.random.PRNGKey(0), jnp.zeros((1, n, SD)))
+  gv = jax.jit(gen.init)(jax.random.PRNGKey(0), jnp.zeros((1, n, SD)))
   gv = jax.tree_util.tree_map_with_path(
       lambda p, x: x + 0.3 if any(getattr(k, 'key', None) == 'noise' for k in p) else x, gv)
-  w_avg = jnp.broadcast_to(gen.apply(gv, 256, jax.random.PRNGKey(2), method=gen.mean_latent),
-                           (n, SD))
+  w_avg = jnp.broadcast_to(jax.jit(lambda v: gen.apply(
+      v, 256, jax.random.PRNGKey(2), method=gen.mean_latent))(gv), (n, SD))
   frozen = {'generator': gv, 'latent_avg': w_avg,
-            'avg_image': gen.apply(gv, w_avg[None], noise_mode='const')[0]}
+            'avg_image': jax.jit(lambda v, w: gen.apply(v, w[None], noise_mode='const')[0])(
+                gv, w_avg)}
   rng = np.random.default_rng(0)
   batch = {'image': rng.uniform(-1, 1, (8, RES, RES, 3)).astype(np.float32),
            'mask': (rng.uniform(0, 1, (8, RES, RES, 1)) > 0.3).astype(np.float32)}
@@ -73,14 +74,14 @@ def main():
 
   # 1) BatchNorm-free encoder: 4 devices == 1 device on the global batch.
   enc = NoBNEncoder(n, SD)
-  ev = enc.init(jax.random.PRNGKey(1), jnp.zeros((1, RES, RES, 6)))
+  ev = jax.jit(enc.init)(jax.random.key(1, impl='rbg'), jnp.zeros((1, RES, RES, 6)))
   models = step_lib.Models(enc, gen)
-  st = state_lib.create_train_state(ev, tx)
+  st = jax.jit(lambda ev: state_lib.create_train_state(ev, tx))(ev)
   single = jax.jit(functools.partial(step_lib.train_step, models=models, cfg=cfg1, tx=tx))
   ref_state, ref_metrics = single(st, frozen, {k: jnp.asarray(v) for k, v in batch.items()},
                                   key)
   par = loop.make_train_fn(models, cfg, tx, mesh, coll)
-  st4 = setup.replicate(state_lib.create_train_state(ev, tx), mesh)
+  st4 = setup.replicate(jax.jit(lambda ev: state_lib.create_train_state(ev, tx))(ev), mesh)
   new4, m4 = par(st4, setup.replicate(frozen, mesh), setup.shard_batch(local, mesh), key)
   result['no_bn_max_param_diff'] = max_diff(new4.params, ref_state.params)
   m4 = m4.compute()
@@ -92,17 +93,17 @@ def main():
   # DataParallel; the reference runs the unmapped gradient function on each
   # 2-image shard and averages gradients, statistics and metrics.
   enc = BackboneEncoder(n_styles=n, style_dim=SD, stage_units=(1, 1, 1, 1), width=4)
-  ev = enc.init(jax.random.PRNGKey(1), jnp.zeros((1, RES, RES, 6)))
+  ev = jax.jit(enc.init)(jax.random.key(1, impl='rbg'), jnp.zeros((1, RES, RES, 6)))
   models = step_lib.Models(enc, gen)
   grads_fn = jax.jit(functools.partial(step_lib.loss_and_grads, models=models, cfg=cfg1))
   outs = [grads_fn(ev['params'], ev['batch_stats'], frozen,
                    {k: jnp.asarray(v[i]) for k, v in local.items()}, key) for i in range(4)]
   mean = lambda trees: jax.tree.map(lambda *a: sum(a) / len(a), *trees)
-  st = state_lib.create_train_state(ev, tx)
-  ref_state = state_lib.apply_gradients(st, mean([o[0] for o in outs]),
-                                        mean([o[1] for o in outs]), tx)
+  ref_state = jax.jit(lambda ev, g, b: state_lib.apply_gradients(
+      state_lib.create_train_state(ev, tx), mean(g), mean(b), tx))(
+          ev, [o[0] for o in outs], [o[1] for o in outs])
   par = loop.make_train_fn(models, cfg, tx, mesh, coll)
-  st4 = setup.replicate(state_lib.create_train_state(ev, tx), mesh)
+  st4 = setup.replicate(jax.jit(lambda ev: state_lib.create_train_state(ev, tx))(ev), mesh)
   new4, _ = par(st4, setup.replicate(frozen, mesh), setup.shard_batch(local, mesh), key)
   result['bn_max_param_diff'] = max_diff(new4.params, ref_state.params)
   result['bn_max_stats_diff'] = max_diff(new4.batch_stats, ref_state.batch_stats)

@@ -27,6 +27,37 @@ TINY = {
 }
 
 
+@pytest.fixture(scope='module', autouse=True)
+def fast_compiles(tmp_path_factory):
+  """Unoptimised XLA and a compilation cache shared by the runs of this module.
+
+  Every run of the loop builds new jitted functions; the persistent cache lets
+  later runs (and the train.py subprocess, through the environment) reuse the
+  executables of the first one.
+  """
+  cache = str(tmp_path_factory.mktemp('jax_cache'))
+  names = ('jax_disable_most_optimizations', 'jax_compilation_cache_dir',
+           'jax_persistent_cache_min_compile_time_secs',
+           'jax_persistent_cache_min_entry_size_bytes')
+  old = {n: jax.config.values[n] for n in names}
+  new = dict(zip(names, (True, cache, 0, 0)))
+  for n, v in new.items():
+    jax.config.update(n, v)
+  env = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1', 'JAX_COMPILATION_CACHE_DIR': cache,
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+         'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+  old_env = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  yield
+  for n, v in old.items():
+    jax.config.update(n, v)
+  for k, v in old_env.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+
+
 def load_config(name):
   spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs',
                                                                     f'{name}.py'))
@@ -88,7 +119,7 @@ def _cli(workdir, *extra):
 
 def test_train_py_end_to_end(tmp_path):
   workdir = str(tmp_path / 'run')
-  out = _cli(workdir, '--config.num_train_steps=3', '--config.loss.iterations=last')
+  out = _cli(workdir, '--config.num_train_steps=3')
   assert out.returncode == 0, out.stderr[-5000:]
   report = json.load(open(os.path.join(workdir, loop.FINAL_METRICS)))
   assert report['step'] == 3

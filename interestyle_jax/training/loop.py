@@ -126,7 +126,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   cfg, models = s.step_config, s.models
   mesh = setup_lib.make_mesh()
   tx = state_lib.make_optimizer(config.optim)
-  state = setup_lib.replicate(state_lib.create_train_state(s.encoder_variables, tx), mesh)
+  state = setup_lib.replicate(
+      jax.jit(lambda v: state_lib.create_train_state(v, tx))(s.encoder_variables), mesh)
   frozen = setup_lib.replicate(s.frozen, mesh)
   ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   restored = ckpt.restore_latest(state)

@@ -141,7 +141,9 @@ def build(config) -> Setup:
                         width=enc_cfg.width)
   encoder = BackboneEncoder(**encoder_kwargs)
   size = config.model.encoder_size
-  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+  # The 'rbg' generator compiles ~3x faster than threefry for the hundreds of
+  # initialiser calls of an init (12 s → 4 s for a tiny IR-SE on CPU).
+  rng = jax.random.key(config.seed, impl='rbg')
   enc_vars = jax.jit(encoder.init)(rng, jnp.zeros((1, size, size, 6)))
   enc_vars = dict(enc_vars)
   if config.model.encoder_init_path:
@@ -218,7 +220,8 @@ def eval_iterator_fn(config, setup: Setup) -> Callable[[], Iterator[Dict[str, np
   cap = config.max_eval_batches or None
   if config.data.source == 'synthetic':
     held = synthetic.heldout_set(setup.world, config.synthetic.num_heldout,
-                                 config.synthetic.heldout_seed)
+                                 config.synthetic.heldout_seed,
+                                 chunk=config.batch_size // jax.process_count())
     make = functools.partial(synthetic.eval_iterator, held, config.eval_batch_size)
   else:
     from interestyle_jax.data import pipeline  # pylint: disable=g-import-not-at-top
