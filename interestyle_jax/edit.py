@@ -93,8 +93,12 @@ def run(args) -> Tuple[np.ndarray, np.ndarray]:
     edits = editing.apply_direction(w, d, args.strengths, args.layers)  # [K, B, n, D]
     latents = np.swapaxes(np.asarray(edits), 0, 1)
   else:
-    for layers in (args.layers if args.command == 'mix' else []):
-      editing.parse_layers(layers, n)  # fail before inverting anything
+    # Fail on bad arguments before inverting anything.
+    if args.command == 'mix':
+      for layers in args.layers:
+        editing.parse_layers(layers, n)
+    elif args.steps < 2:
+      raise ValueError(f'--steps must be >= 2 (the endpoints), got {args.steps}')
     w = load_sources(inverter, [args.source, args.target], args.n_iters)
     w_a, w_b = w[:1], w[1:]
     if args.command == 'mix':

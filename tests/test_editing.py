@@ -179,6 +179,8 @@ def test_edit_cli_errors(model_dir, tmp_path, capsys):
   assert edit_main(['interpolate', *base, '--source', src,
                     '--target', str(tmp_path / 'wrong.npy')]) == 2
   assert 'takes [8, 16] W+ latents' in capsys.readouterr().err
+  assert edit_main(['interpolate', *base, '--source', src, '--target', src, '--steps', '1']) == 2
+  assert '--steps must be >= 2' in capsys.readouterr().err
   small = str(tmp_path / 'small.png')
   Image.fromarray(tc.photos(1, 20)[0]).save(small)
   assert edit_main(['interpolate', *base, '--source', src, '--target', small]) == 2
