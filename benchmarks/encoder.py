@@ -17,26 +17,12 @@ import time
 import jax
 import jax.numpy as jnp
 
+from common import bench, parse_ints  # benchmarks/ is on sys.path when run as a script
 from interestyle_jax.inference import _refine, average_image
 from interestyle_jax.models.encoder import BackboneEncoder
 from interestyle_jax.models.stylegan2 import Generator, n_styles_for
 
 
-def parse_ints(s):
-  return [int(x) for x in s.split(',') if x]
-
-
-def bench(fn, args, iters, warmup):
-  """(compile seconds, seconds per call) of ``jax.jit(fn)(*args)``."""
-  t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  compile_s = time.perf_counter() - t0
-  for _ in range(warmup):
-    jax.block_until_ready(compiled(*args))
-  t0 = time.perf_counter()
-  for _ in range(iters):
-    jax.block_until_ready(compiled(*args))
-  return compile_s, (time.perf_counter() - t0) / iters
 
 
 def main():

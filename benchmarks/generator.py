@@ -7,28 +7,14 @@ modulated-conv implementation on whatever backend JAX sees, e.g.
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 
+from common import bench, parse_ints  # benchmarks/ is on sys.path when run as a script
 from interestyle_jax.models.stylegan2 import Generator
 
 
-def parse_ints(s):
-  return [int(x) for x in s.split(',') if x]
-
-
-def bench(fn, args, iters, warmup):
-  t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  compile_s = time.perf_counter() - t0
-  for _ in range(warmup):
-    jax.block_until_ready(compiled(*args))
-  t0 = time.perf_counter()
-  for _ in range(iters):
-    jax.block_until_ready(compiled(*args))
-  return compile_s, (time.perf_counter() - t0) / iters
 
 
 def main():

@@ -1,0 +1,33 @@
+"""Timing helpers shared by the benchmark scripts."""
+
+import time
+
+import jax
+
+
+def parse_ints(s: str):
+  """'1,4,8' → [1, 4, 8]."""
+  return [int(x) for x in s.split(',') if x]
+
+
+def bench(fn, args, iters: int, warmup: int):
+  """Compiles ``jax.jit(fn)`` for ``args`` and times it.
+
+  Args:
+    fn: the function to jit.
+    args: its positional arguments.
+    iters: timed calls.
+    warmup: untimed calls after compiling.
+
+  Returns:
+    ``(compile seconds, seconds per call)``.
+  """
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  for _ in range(warmup):
+    jax.block_until_ready(compiled(*args))
+  t0 = time.perf_counter()
+  for _ in range(iters):
+    jax.block_until_ready(compiled(*args))
+  return compile_s, (time.perf_counter() - t0) / iters
