@@ -12,13 +12,13 @@ from interestyle_jax.training.config import default_config
 def get_config():
   """The synthetic configuration."""
   c = default_config()
-  c.num_train_steps = 1500  # ~0.12 s/step on 2 CPU cores.
+  c.num_train_steps = 1200  # ~0.15 s/step on 2 CPU cores.
   c.batch_size = 8  # Global batch.
   c.eval_batch_size = 32  # Held-out batch (64 images = 2 batches).
   c.log_every_steps = 50  # Train scalars / progress every N steps.
-  c.eval_every_steps = 500  # Validation + best checkpoint every N steps.
-  c.checkpoint_every_steps = 500  # Checkpoint + inference export every N steps.
-  c.image_every_steps = 500  # Image grids every N steps.
+  c.eval_every_steps = 400  # Validation + best checkpoint every N steps.
+  c.checkpoint_every_steps = 400  # Checkpoint + inference export every N steps.
+  c.image_every_steps = 400  # Image grids every N steps.
 
   c.model.encoder_size = 32  # Encoder input = the generator's 32 px output.
   c.model.n_iters = 3  # Refinement iterations T.

@@ -1,0 +1,127 @@
+"""Train-step throughput and memory versus the number of refinement iterations T.
+
+    python benchmarks/train_step.py --config configs/synthetic.py --batch 8 --iters 1,3,5
+
+For every T the full data-parallel train step (jit + shard_map, Ranger update,
+InD pass as configured) is compiled and timed on random inputs in a fresh
+subprocess, so the process peak RSS belongs to that T alone. Reported per T:
+
+* compile time, steps/s and images/s (median of ``--repeats`` timings of
+  ``--steps`` steps),
+* ``temp_MiB``: XLA's buffer assignment for the compiled step (live
+  temporaries; the part that would grow with T if activations were kept for a
+  backward pass through all iterations),
+* ``peak_MiB``: device ``memory_stats()['peak_bytes_in_use']`` where the
+  backend reports it (GPU/TPU), else the process peak RSS.
+
+Any ``--config.<field>=value`` override of train.py applies.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top
+import jax
+import numpy as np
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', 'configs/synthetic.py', 'Training config file.')
+flags.DEFINE_integer('batch', 8, 'Global batch size.')
+flags.DEFINE_string('iters', '1,3,5', 'Comma-separated T values.')
+flags.DEFINE_integer('steps', 10, 'Timed steps per repeat.')
+flags.DEFINE_integer('repeats', 3, 'Timing repeats (the median is reported).')
+flags.DEFINE_integer('single', 0, 'Internal: run only this T in this process.')
+
+
+def schedule(sigmas, t):
+  """The config's σ schedule if it has T entries, else T values from max σ down to 0."""
+  sigmas = [float(s) for s in sigmas]
+  if len(sigmas) == t:
+    return tuple(sigmas)
+  return tuple(np.linspace(max(sigmas), 0.0, t).tolist()) if t > 1 else (0.0,)
+
+
+def run_one(config, t: int):
+  """Compiles and times the train step for T = t; returns a result dict."""
+  from interestyle_jax.training import evaluation, loop, setup  # pylint: disable=g-import-not-at-top
+  from interestyle_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  from interestyle_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+  with config.unlocked():
+    config.model.n_iters = t
+    config.filter.sigmas = schedule(config.filter.sigmas, t)
+    config.batch_size = FLAGS.batch
+  s = setup.build(config)
+  mesh = setup.make_mesh()
+  tx = state_lib.make_optimizer(config.optim)
+  state = setup.replicate(jax.jit(lambda v: state_lib.create_train_state(v, tx))(
+      s.encoder_variables), mesh)
+  frozen = setup.replicate(s.frozen, mesh)
+  coll = evaluation.make_collection(step_lib.train_metric_names(s.step_config))
+  fn = loop.make_train_fn(s.models, s.step_config, tx, mesh, coll)
+  size = config.model.encoder_size
+  rng = np.random.default_rng(0)
+  local = FLAGS.batch // jax.process_count()
+  ldc = jax.local_device_count()
+  yy, xx = np.mgrid[:size, :size] / size - 0.5
+  mask = ((yy / 0.4) ** 2 + (xx / 0.3) ** 2 <= 1).astype(np.float32)[..., None]
+  batch = setup.shard_batch({
+      'image': rng.uniform(-1, 1, (ldc, local // ldc, size, size, 3)).astype(np.float32),
+      'mask': np.broadcast_to(mask, (ldc, local // ldc, size, size, 1)).copy()}, mesh)
+  key = jax.random.PRNGKey(0)
+  t0 = time.time()
+  compiled = fn.lower(state, frozen, batch, key).compile()
+  compile_s = time.time() - t0
+  mem = compiled.memory_analysis()
+  temp_mib = None if mem is None else mem.temp_size_in_bytes / 2 ** 20
+  state, m = compiled(state, frozen, batch, key)  # warm-up
+  jax.block_until_ready(m)
+  times = []
+  for _ in range(FLAGS.repeats):
+    t0 = time.time()
+    for _ in range(FLAGS.steps):
+      state, m = compiled(state, frozen, batch, key)
+    jax.block_until_ready(m)
+    times.append((time.time() - t0) / FLAGS.steps)
+  step_s = float(np.median(times))
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    peak, source = stats['peak_bytes_in_use'] / 2 ** 20, 'device'
+  else:
+    peak, source = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'rss'
+  return {'T': t, 'batch': FLAGS.batch, 'compile_s': round(compile_s, 2),
+          'steps_per_s': round(1 / step_s, 3), 'images_per_s': round(FLAGS.batch / step_s, 2),
+          'temp_MiB': None if temp_mib is None else round(temp_mib, 2),
+          'peak_MiB': round(peak, 1), 'peak_source': source,
+          'loss': float(m.compute()['loss']), 'devices': jax.device_count(),
+          'backend': jax.default_backend()}
+
+
+def main(argv):
+  if FLAGS.single:
+    print('RESULT ' + json.dumps(run_one(FLAGS.config, FLAGS.single)), flush=True)
+    return
+  results = []
+  for t in [int(v) for v in FLAGS.iters.split(',')]:
+    cmd = [sys.executable] + sys.argv + [f'--single={t}']
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [l for l in out.stdout.splitlines() if l.startswith('RESULT ')]
+    if out.returncode != 0 or not lines:
+      sys.exit(f'T={t} failed:\n{out.stderr[-4000:]}')
+    results.append(json.loads(lines[-1][len('RESULT '):]))
+  print(f"{'T':>3} {'compile_s':>9} {'steps/s':>8} {'images/s':>9} {'temp_MiB':>9} "
+        f"{'peak_MiB':>9}  peak source")
+  for r in results:
+    print(f"{r['T']:>3} {r['compile_s']:>9} {r['steps_per_s']:>8} {r['images_per_s']:>9} "
+          f"{r['temp_MiB']!s:>9} {r['peak_MiB']:>9}  {r['peak_source']}")
+  print(json.dumps(results))
+
+
+if __name__ == '__main__':
+  app.run(main)
