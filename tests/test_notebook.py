@@ -4,11 +4,16 @@ The checkpoint is a real (2-step) ``train.py`` workdir on the synthetic config,
 shared with test_evaluate; the notebook reads it from INTERESTYLE_CHECKPOINT.
 """
 
+import base64
+import io
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from interestyle_jax import editing
+from interestyle_jax.invert import read_image
 from tests import tiny_checkpoint as tc
 
 nbformat = pytest.importorskip('nbformat')
@@ -34,13 +39,14 @@ def _run(env, tmp_path, monkeypatch):
 
 
 def _outputs(nb):
-  text, images = [], 0
+  text, images = [], []
   for cell in nb.cells:
     for out in cell.get('outputs', []):
       if out.get('name') == 'stdout':
         text.append(out['text'])
       if 'image/png' in out.get('data', {}):
-        images += 1
+        png = base64.b64decode(out['data']['image/png'])
+        images.append(np.asarray(Image.open(io.BytesIO(png)).convert('RGB')))
   return ''.join(text), images
 
 
@@ -58,7 +64,15 @@ def test_notebook_runs_with_the_train_py_checkpoint(trained, tmp_path, monkeypat
   text, images = _outputs(nb)
   assert f'{trained}: 32 px generator, W+ = [8, 64]' in text
   assert 'iteration 3: MSE to the input' in text
-  assert images == 5  # photo, iterations strip, edits, mix row, interpolation row
+  # photo, iterations strip (input + 3), edits (5 strengths), mix row (3),
+  # interpolation row (5); 256 px tiles, 2 px apart.
+  assert [im.shape[1] for im in images] == [256 * k + 2 * (k - 1) for k in (1, 4, 5, 3, 5)]
+  shown = editing.resize(read_image(photo, 32)[None], 256)[0]
+  np.testing.assert_array_equal(images[0], shown)
+  np.testing.assert_array_equal(images[1][:, :256], shown)  # the strip starts with the input
+  edits = images[2]
+  np.testing.assert_array_equal(edits[:, 2 * 258:2 * 258 + 256],  # strength 0 …
+                                images[3][:, :256])  # … is the inversion (mix row, column 1)
 
 
 def test_notebook_is_clean_and_installs_only_when_missing():
