@@ -169,8 +169,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       every_steps=config.log_every_steps, every_secs=None)
   hooks = [report_progress]
   if lead and config.profile_steps > 0:
+    # Traces exactly profile_steps steps (no minimum duration), from the 10th.
     hooks.append(periodic_actions.Profile(logdir=workdir,
                                           num_profile_steps=config.profile_steps,
+                                          profile_duration_ms=None,
                                           first_profile=start + 10))
   initial_path = os.path.join(workdir, INITIAL_METRICS)
   if start == 0:
