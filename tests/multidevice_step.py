@@ -88,6 +88,20 @@ def main():
   result['no_bn_max_metric_diff'] = max(abs(float(m4[k]) - float(ref_metrics[k]))
                                         for k in ref_metrics)
   assert result['no_bn_max_metric_diff'] < 1e-5, result
+  # Validation: metrics gathered over 4 devices, two padding rows masked out,
+  # equal the unmapped metrics of the 6 real images.
+  names = evaluation.metric_names(cfg, models, False)
+  ecoll = evaluation.make_collection(names)
+  ev4 = loop.make_eval_fn(models, cfg, mesh, ecoll)
+  valid = np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)
+  eval_local = dict(local, valid=valid.reshape(4, 2))
+  got = ev4(new4, setup.replicate(frozen, mesh), setup.shard_batch(eval_local, mesh)).compute()
+  ev1 = jax.jit(functools.partial(evaluation.eval_step, models=models, cfg=cfg1,
+                                  collection=ecoll))
+  want = ev1(ref_state, frozen, {'image': jnp.asarray(batch['image'][:6]),
+                                 'mask': jnp.asarray(batch['mask'][:6]),
+                                 'valid': jnp.ones(6)}).compute()
+  result['eval_max_diff'] = max(abs(float(got[k]) - float(want[k])) for k in names)
 
   # 2) The real (BatchNorm) encoder: statistics are per device, as in PyTorch
   # DataParallel; the reference runs the unmapped gradient function on each

@@ -245,3 +245,4 @@ def test_multi_device_step_matches_single_device():
   assert result['bn_max_param_diff'] < 1e-5, result
   assert result['bn_max_stats_diff'] < 1e-5, result
   assert result['noise_differs_per_device'], result
+  assert result['eval_max_diff'] < 1e-5, result
