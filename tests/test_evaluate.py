@@ -206,8 +206,10 @@ def trained(tmp_path_factory):
 def test_synthetic_heldout_matches_training_metrics(trained, tmp_path, capsys):
   """evaluate --data synthetic reproduces the run's own final validation."""
   out = str(tmp_path / 'syn.json')
-  assert evaluate_main(['--checkpoint', trained, '--data', 'synthetic', '--config',
-                        tc.SYNTHETIC_CONFIG, '--batch_size', '16', '--output', out]) == 0
+  # No --config: the world is rebuilt from the WORKDIR/config.json train.py wrote.
+  assert os.path.isfile(os.path.join(trained, 'config.json'))
+  assert evaluate_main(['--checkpoint', trained, '--data', 'synthetic',
+                        '--batch_size', '16', '--output', out]) == 0
   assert 'latent_mse' in capsys.readouterr().out
   got = json.load(open(out))
   want = json.load(open(os.path.join(trained, 'metrics.json')))['eval']

@@ -120,6 +120,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   lead = jax.process_index() == 0
   if lead:
     os.makedirs(workdir, exist_ok=True)
+    # The run's full config, so tools (evaluate --data synthetic) can rebuild
+    # its world without the command line that started it.
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   writer = metric_writers.create_default_writer(workdir, just_logging=not lead)
 
   s = setup_lib.build(config)
