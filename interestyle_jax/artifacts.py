@@ -25,6 +25,19 @@ META_FILE = 'model.json'
 VARIABLES_DIR = 'variables'
 
 
+def _local_checkpointer():
+  """A StandardCheckpointer that involves only this process.
+
+  Model directories hold host-local NumPy arrays written by one process (process
+  0 in train.py); Orbax's default would wait at a barrier for every process of
+  a multi-host job, which never comes.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}))
+
+
 class ArtifactError(ValueError):
   """A model directory is missing, incomplete or of the wrong kind."""
 
@@ -42,8 +55,6 @@ def save_artifact(dst: str, tree: Dict[str, Any], meta: Dict[str, Any],
   Returns:
     The absolute path written.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
   if 'kind' not in meta:
     raise ValueError("meta must name the artifact 'kind'")
   dst = os.path.abspath(dst)
@@ -56,7 +67,7 @@ def save_artifact(dst: str, tree: Dict[str, Any], meta: Dict[str, Any],
   try:
     os.makedirs(tmp)
     tree = jax.tree_util.tree_map(np.asarray, tree)
-    ckptr = ocp.StandardCheckpointer()
+    ckptr = _local_checkpointer()
     ckptr.save(os.path.join(tmp, VARIABLES_DIR), tree)
     ckptr.wait_until_finished()
     ckptr.close()
@@ -106,8 +117,6 @@ def load_artifact(path: str, expected_kind=None) -> Tuple[Dict[str, Any], Dict[s
   Returns:
     ``(meta, tree)`` with the arrays as ``jax.Array``.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
   path = os.path.abspath(path)
   meta = read_meta(path)
   if expected_kind is not None:
@@ -120,7 +129,7 @@ def load_artifact(path: str, expected_kind=None) -> Tuple[Dict[str, Any], Dict[s
   var_dir = os.path.join(path, VARIABLES_DIR)
   if not os.path.isdir(var_dir):
     raise ArtifactError(f'{path} has no {VARIABLES_DIR}/ checkpoint; convert again')
-  ckptr = ocp.StandardCheckpointer()
+  ckptr = _local_checkpointer()
   tree = ckptr.restore(var_dir)
   ckptr.close()
   return meta, jax.tree_util.tree_map(jax.numpy.asarray, tree)
