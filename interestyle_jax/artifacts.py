@@ -38,6 +38,23 @@ def _local_checkpointer():
       primary_host=me, active_processes={me}))
 
 
+def check_destination(dst: str, overwrite: bool = False) -> str:
+  """Refuses an existing output directory unless ``overwrite``.
+
+  Args:
+    dst: the output directory.
+    overwrite: whether replacing it is allowed.
+
+  Returns:
+    The absolute path.
+  """
+  dst = os.path.abspath(dst)
+  if os.path.exists(dst) and not overwrite:
+    raise FileExistsError(f'{dst} already exists; choose a new output directory '
+                          'or pass overwrite=True (--overwrite on the CLI)')
+  return dst
+
+
 class ArtifactError(ValueError):
   """A model directory is missing, incomplete or of the wrong kind."""
 
@@ -57,10 +74,7 @@ def save_artifact(dst: str, tree: Dict[str, Any], meta: Dict[str, Any],
   """
   if 'kind' not in meta:
     raise ValueError("meta must name the artifact 'kind'")
-  dst = os.path.abspath(dst)
-  if os.path.exists(dst) and not overwrite:
-    raise FileExistsError(f'{dst} already exists; choose a new output directory '
-                          'or pass overwrite=True (--overwrite on the CLI)')
+  dst = check_destination(dst, overwrite)
   parent = os.path.dirname(dst)
   os.makedirs(parent, exist_ok=True)
   tmp = os.path.join(parent, f'.{os.path.basename(dst)}.partial-{uuid.uuid4().hex[:8]}')

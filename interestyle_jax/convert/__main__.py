@@ -4,6 +4,7 @@ import argparse
 import importlib
 import sys
 
+from interestyle_jax import artifacts
 from interestyle_jax.convert.common import ConversionError
 
 # kind -> (module, help). Each module exposes ``convert(src, dst, overwrite, **extra)``.
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
   module = importlib.import_module(CONVERTERS[args.kind][0])
   extra = {k: v for k, v in vars(args).items() if k not in ('kind', 'src', 'dst', 'overwrite')}
   try:
+    # Refuse an existing DST before spending minutes reading the source.
+    artifacts.check_destination(args.dst, args.overwrite)
     out = module.convert(args.src, args.dst, overwrite=args.overwrite, **extra)
   except (ConversionError, FileExistsError, FileNotFoundError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -9,7 +9,6 @@ ReStyle), and freshly initialised style blocks, all from ``--seed``.
 """
 
 import math
-import os
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import flax
@@ -212,9 +211,6 @@ def convert(src: str, dst: str, overwrite: bool = False, n_styles: Optional[int]
   Returns:
     The output path.
   """
-  if os.path.exists(dst) and not overwrite:
-    raise FileExistsError(f'{os.path.abspath(dst)} already exists; choose a new output '
-                          'directory or pass --overwrite')
   config, variables = convert_state_dict(load_torch_checkpoint(src), src)
   if n_styles is None:
     meta = {'kind': KIND, 'arcface': config, 'source': str(src)}

@@ -6,7 +6,6 @@ torchvision's AlexNet state dict (``features.{k}.weight/bias``; the
 ``classifier.*`` tensors are not used). ``convert lpips SRC DST --alexnet PATH``.
 """
 
-import os
 from typing import Any, Dict, Mapping, Union
 
 import jax
@@ -113,9 +112,6 @@ def convert(src: str, dst: str, overwrite: bool = False, alexnet: str = None) ->
   if not alexnet:
     raise ConversionError('convert lpips needs the AlexNet trunk: pass --alexnet PATH '
                           '(torchvision alexnet state dict)')
-  if os.path.exists(dst) and not overwrite:
-    raise FileExistsError(f'{os.path.abspath(dst)} already exists; choose a new output '
-                          'directory or pass --overwrite')
   lin_sd, alex_sd = load_torch_checkpoint(src), load_torch_checkpoint(alexnet)
   config, variables = convert_state_dicts(lin_sd, alex_sd, src, alexnet)
   meta: Dict[str, Any] = {'kind': KIND, 'lpips': config, 'source': str(src),

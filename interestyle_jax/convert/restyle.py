@@ -16,7 +16,6 @@ Directory contract (also written by train.py into ``WORKDIR/inference/``)::
 
 import argparse
 import json
-import os
 from typing import Any, Dict, Mapping, Tuple, Union
 
 import jax
@@ -163,8 +162,5 @@ def convert(src: str, dst: str, overwrite: bool = False) -> str:
   Returns:
     The output path.
   """
-  if os.path.exists(dst) and not overwrite:
-    raise FileExistsError(f'{os.path.abspath(dst)} already exists; choose a new output '
-                          'directory or pass --overwrite')
   meta, tree = convert_checkpoint(load_torch_checkpoint(src), src)
   return artifacts.save_artifact(dst, tree, meta, overwrite=overwrite)

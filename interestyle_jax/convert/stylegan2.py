@@ -1,8 +1,6 @@
 """StyleGAN2 (PyTorch port, ``g_ema``) → Flax :class:`Generator`."""
 
-import math
-import re
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -72,9 +70,8 @@ def infer_config(sd: Mapping[str, Any], source: str = 'checkpoint') -> Dict[str,
 
 
 def _key_mapper(n_mlp: int):
-  expected_blur = {
-      'conv': make_kernel((1, 3, 3, 1)) * 4,
-  }
+  # Blur (upsampling conv) and Upsample (ToRGB skip) both store [1,3,3,1] x 4.
+  expected_blur = make_kernel((1, 3, 3, 1)) * 4
 
   def mapper(key: str, arr: np.ndarray):
     parts = key.split('.')
@@ -82,7 +79,7 @@ def _key_mapper(n_mlp: int):
       return ('noises', parts[1]), arr.transpose(0, 2, 3, 1)
     if key.endswith('.blur.kernel') or key.endswith('.upsample.kernel'):
       # Fixed FIR buffers: the Flax model rebuilds them from blur_kernel.
-      if arr.shape != (4, 4) or not np.allclose(arr, expected_blur['conv'], atol=1e-6):
+      if arr.shape != (4, 4) or not np.allclose(arr, expected_blur, atol=1e-6):
         return None
       return IGNORE
     if parts[0] == 'style':
