@@ -21,6 +21,8 @@ from typing import Callable, Dict, Optional
 import jax
 import jax.numpy as jnp
 
+from interestyle_jax.ops.norm import l2_norm
+
 # Per-image perceptual distance: (a [B,H,W,3], b [B,H,W,3]) -> [B].
 DistanceFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 # Unit-norm identity embedding of full frames: [B,H,W,3] -> [B, E].
@@ -84,7 +86,7 @@ def w_norm(w: jnp.ndarray, w_avg: jnp.ndarray) -> jnp.ndarray:
     ``[B]`` Frobenius norms of ``w − w_avg`` over (n_styles, D).
   """
   d = w - w_avg
-  return jnp.sqrt(jnp.sum(jnp.square(d), axis=(1, 2)))
+  return l2_norm(d, axis=(1, 2))
 
 
 def id_distance(embed: EmbedFn, y_hat: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:

@@ -74,3 +74,11 @@ def test_fused_leaky_relu():
   np.testing.assert_allclose(np.asarray(fused_leaky_relu(x, b)), want, rtol=1e-6)
   g = jax.grad(lambda v: fused_leaky_relu(v, b).sum())(x)
   np.testing.assert_allclose(np.asarray(g), np.where(y >= 0, 1.0, 0.2) * math.sqrt(2), rtol=1e-6)
+
+
+def test_l2_norm_value_and_finite_gradient_at_zero():
+  from interestyle_jax.ops.norm import l2_norm
+  x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
+  np.testing.assert_allclose(np.asarray(l2_norm(x, axis=-1)), [5.0, 0.0])
+  g = np.asarray(jax.grad(lambda v: l2_norm(v, axis=-1).sum())(x))
+  np.testing.assert_allclose(g, [[0.6, 0.8], [0.0, 0.0]], rtol=1e-6)  # plain sqrt: NaN row

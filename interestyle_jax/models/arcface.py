@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from interestyle_jax.models.irse import BN_EPS, IRSEBackbone, irse_stage_units
+from interestyle_jax.ops.norm import l2_norm
 from interestyle_jax.ops.pooling import adaptive_avg_pool2d
 
 KIND = 'arcface'
@@ -76,7 +77,7 @@ class ArcFace(nn.Module):
 
 def l2_normalize(x: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
   """``x / ||x||`` along ``axis`` (the floor only guards a zero vector)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+  norm = l2_norm(x, axis=axis, keepdims=True)
   return x / jnp.maximum(norm, 1e-12)
 
 

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from interestyle_jax.models.irse import conv
+from interestyle_jax.ops.norm import l2_norm
 
 KIND = 'lpips'
 SHIFT = (-0.030, -0.088, -0.188)
@@ -29,7 +30,7 @@ ALEXNET_CHANNELS = tuple(c[1] for c in ALEXNET_CONVS)
 
 def normalize_channels(x: jnp.ndarray, eps: float = 1e-10) -> jnp.ndarray:
   """Divides each position's feature vector by its L2 norm plus ``eps``."""
-  return x / (jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True)) + eps)
+  return x / (l2_norm(x, axis=-1, keepdims=True) + eps)
 
 
 class AlexNetFeatures(nn.Module):
