@@ -40,6 +40,8 @@ def _random_networks(root):
   latent_avg = gen.apply(g_vars, 256, key, method=gen.mean_latent)
   artifacts.save_artifact(os.path.join(root, 'g'), {'generator': g_vars, 'latent_avg': latent_avg},
                           {'kind': 'stylegan2', 'generator': g_kwargs})
+  # Full-width AlexNet LPIPS, not tests/tiny_checkpoint's narrow one: its many
+  # channels are what produced the all-zero feature vectors of the NaN bug.
   lp = LPIPS()
   lp_vars = lp.init(key, jnp.zeros((1, SIZE, SIZE, 3)), jnp.zeros((1, SIZE, SIZE, 3)))
   artifacts.save_artifact(os.path.join(root, 'lpips'), {'lpips': lp_vars},
