@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from interestyle_jax.ops import downsample, fused_leaky_relu, make_kernel, upfirdn2d, upsample
+from interestyle_jax.ops.upfirdn2d import separable_factors
 
 
 def upfirdn_numpy(x, k, up, down, pad):
@@ -42,10 +43,15 @@ def upfirdn_numpy(x, k, up, down, pad):
     ((3, 2), (1, 2), (0, 2, 1, 0)),
     ((2, 2), (1, 1), (-1, 3, 2, -2)),  # negative padding crops
 ])
-def test_upfirdn2d_matches_definition(up, down, pad):
+@pytest.mark.parametrize('separable', [False, True])
+def test_upfirdn2d_matches_definition(up, down, pad, separable):
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
-  k = rng.standard_normal((3, 4)).astype(np.float32)  # asymmetric: flip matters
+  if separable:  # the shifted-slice path; asymmetric taps so the flip matters
+    k = np.outer([1.0, -2.0, 0.5], [3.0, 0.0, 1.0, -2.0]).astype(np.float32)
+  else:  # the depthwise-convolution path
+    k = rng.standard_normal((3, 4)).astype(np.float32)
+  assert (separable_factors(k) is not None) == separable
   got = np.asarray(upfirdn2d(x, k, up=up, down=down, pad=pad))
   want = upfirdn_numpy(x, k, up, down, pad)
   assert got.shape == want.shape
