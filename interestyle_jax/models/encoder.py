@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from interestyle_jax.models.irse import (RESNET34_STAGE_UNITS, IRSEBackbone,
                                          ResNet34Backbone, conv, irse_stage_units)
 from interestyle_jax.models.layers import EqualLinear
+from interestyle_jax.ops.conv import patch_conv
 
 BACKBONES = ('ir_se', 'resnet34')
 
@@ -52,7 +53,8 @@ class GradualStyleBlock(nn.Module):
     if x.shape[1] != x.shape[2]:
       raise ValueError(f'GradualStyleBlock needs a square map, got {x.shape}')
     for k in range(num_style_convs(x.shape[1])):
-      x = conv(self.features, 3, 2, 1, use_bias=True, name=f'convs_{2 * k}')(x)
+      x = conv(self.features, 3, 2, 1, use_bias=True, name=f'convs_{2 * k}',
+               conv_general_dilated=patch_conv)(x)
       x = nn.leaky_relu(x, 0.01)
     x = x.reshape(x.shape[0], -1)
     return EqualLinear(self.features, name='linear')(x)

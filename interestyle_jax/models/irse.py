@@ -63,10 +63,16 @@ def batch_norm(train: bool, name: str) -> nn.BatchNorm:
 
 
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0,
-         use_bias: bool = False, name: Optional[str] = None) -> nn.Conv:
-  """A PyTorch-style Conv2d (explicit symmetric padding, HWIO kernel)."""
+         use_bias: bool = False, name: Optional[str] = None,
+         conv_general_dilated=None) -> nn.Conv:
+  """A PyTorch-style Conv2d (explicit symmetric padding, HWIO kernel).
+
+  ``conv_general_dilated`` replaces ``lax.conv_general_dilated`` (e.g.
+  :func:`interestyle_jax.ops.conv.patch_conv`).
+  """
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=[(padding, padding)] * 2, use_bias=use_bias, name=name)
+                 padding=[(padding, padding)] * 2, use_bias=use_bias, name=name,
+                 conv_general_dilated=conv_general_dilated)
 
 
 class PReLU(nn.Module):

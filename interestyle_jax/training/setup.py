@@ -23,7 +23,7 @@ from interestyle_jax.models.encoder import BackboneEncoder
 from interestyle_jax.models.stylegan2 import Generator
 from interestyle_jax.ops.pooling import adaptive_avg_pool2d
 from interestyle_jax.training.config import ConfigError
-from interestyle_jax.training.step import Models, StepConfig
+from interestyle_jax.training.step import Models, StepConfig, scan_unroll
 
 AXIS = 'batch'
 GENERATOR_FIELDS = ('resolution', 'style_dim', 'n_mlp', 'channel_multiplier', 'width')
@@ -119,7 +119,8 @@ def step_config(config, axis_name: Optional[str] = AXIS) -> StepConfig:
       loss_iterations=config.loss.iterations,
       weights=losses.LossWeights.from_config(config.loss),
       encoder_size=config.model.encoder_size,
-      train_noise_mode=config.loss.train_noise_mode, axis_name=axis_name)
+      train_noise_mode=config.loss.train_noise_mode, axis_name=axis_name,
+      unroll_scan=scan_unroll(config.scan_unroll))
 
 
 def build(config) -> Setup:

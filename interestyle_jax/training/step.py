@@ -50,6 +50,8 @@ class StepConfig:
     encoder_size: side of the encoder input (ŷ is pooled to it).
     train_noise_mode: generator noise while training ('random' in ReStyle).
     axis_name: device axis for pmean (None: unmapped).
+    unroll_scan: emit the T iterations of the training scan unrolled (see
+      :func:`scan_unroll`).
   """
   n_iters: int
   sigmas: Tuple[float, ...]
@@ -60,6 +62,7 @@ class StepConfig:
   encoder_size: int = 256
   train_noise_mode: str = 'random'
   axis_name: Optional[str] = 'batch'
+  unroll_scan: bool = True
 
   def __post_init__(self):
     if len(self.sigmas) != self.n_iters:
@@ -88,6 +91,33 @@ class Models:
   generator: nn.Module
   lpips: Optional[nn.Module] = None
   arcface: Optional[nn.Module] = None
+
+
+def scan_unroll(setting: str) -> bool:
+  """Whether the training scan is unrolled, from ``config.scan_unroll``.
+
+  XLA:CPU rewrites convolutions whose operands are not in the NHWC/HWIO form
+  its fast kernels take (every weight gradient, every input gradient with
+  JAX's swapped kernel dimensions) into that form only in the entry
+  computation, not inside a while loop's body, and the leftovers run as naive
+  loops. A rolled ``lax.scan`` whose body takes gradients thus made the paper
+  step 4–10x slower on CPU (261 of 387 convolutions at T = 1 left
+  non-canonical, 42 when unrolled; see ``benchmarks/train_step.py``). With
+  ``unroll=True`` the scan is still one ``lax.scan`` but XLA sees straight-line
+  code. GPUs and TPUs have no such pass, and a rolled loop compiles T times
+  faster there.
+
+  Args:
+    setting: 'auto' (unroll on CPU only), 'yes' or 'no'.
+
+  Returns:
+    True to unroll.
+  """
+  if setting == 'auto':
+    return jax.default_backend() == 'cpu'
+  if setting not in ('yes', 'no'):
+    raise ValueError(f"scan_unroll must be 'auto', 'yes' or 'no', got {setting!r}")
+  return setting == 'yes'
 
 
 def _pmean(tree, axis_name):
@@ -212,12 +242,15 @@ def loss_and_grads(params, batch_stats, frozen: Dict[str, Any],
   zeros = jax.tree.map(jnp.zeros_like, fast)
   carry = (w0, y0, batch_stats, zeros)
   inputs = (sigmas, keys[:cfg.n_iters])
+  unroll = True if cfg.unroll_scan else 1
   if cfg.loss_iterations == 'all':
-    carry, (it_loss, it_terms) = lax.scan(body(True), carry, inputs)
+    carry, (it_loss, it_terms) = lax.scan(body(True), carry, inputs, unroll=unroll)
     total = jnp.sum(it_loss)
   else:
     head = jax.tree.map(lambda a: a[:-1], inputs)
     tail = jax.tree.map(lambda a: a[-1], inputs)
+    # Forward only: every convolution is already in canonical form, so the
+    # head stays a rolled loop whatever cfg.unroll_scan says.
     carry, (h_loss, h_terms) = lax.scan(body(False), carry, head)
     carry, (t_loss, t_terms) = body(True)(carry, tail)
     it_loss = jnp.concatenate([h_loss, t_loss[None]])
