@@ -1,8 +1,9 @@
-"""Uninterest filter: identities and the Gaussian against a NumPy reference."""
+"""Uninterest filter: identities, the Gaussian against NumPy, σ units against PIL."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image, ImageFilter
 import pytest
 
 from interestyle_jax import filter as unf
@@ -89,7 +90,8 @@ def test_soft_mask_blends(images):
 def test_sigma_changes_inside_scan(images):
   """One compiled body, σ from the scanned schedule, equals per-σ calls."""
   x, m = images
-  sigmas = jnp.asarray(unf.scaled_sigmas((16, 9, 4, 1, 0), 48))  # (3, 1.69, .75, .19, 0)
+  # The release's schedule scaled by 192 / 1024: (3, 1.69, .75, .19, 0) px.
+  sigmas = jnp.asarray(unf.sigmas_at_size((16, 9, 4, 1, 0), 192, 1024))
   radius = unf.kernel_radius(float(sigmas.max()))
 
   def body(c, s):
@@ -103,11 +105,65 @@ def test_sigma_changes_inside_scan(images):
 
 
 def test_schedule_scaling_and_errors(images):
-  assert unf.scaled_sigmas((16, 9, 4, 1, 0), 1024) == (64.0, 36.0, 16.0, 4.0, 0.0)
-  assert unf.scaled_sigmas((16, 8), 32) == (2.0, 1.0)
+  # σ in px of the source photos, scaled to the size the filter runs at.
+  assert unf.sigmas_at_size((16, 9, 4, 1, 0), 256, 1024) == (4.0, 2.25, 1.0, 0.25, 0.0)
+  assert unf.sigmas_at_size((16, 9, 4, 1, 0), 1024, 1024) == (16.0, 9.0, 4.0, 1.0, 0.0)
+  assert unf.sigmas_at_size((16, 8), 32, 256) == (2.0, 1.0)
+  with pytest.raises(ValueError, match='source_size'):
+    unf.sigmas_at_size((1.0,), 256, 0)
   assert unf.kernel_radius(0) == 0 and unf.kernel_radius(2.0) == 6
   x, m = images
   with pytest.raises(ValueError, match='filter region'):
     unf.uninterest_filter(jnp.asarray(x), jnp.asarray(m), 1.0, 3, region='face')
   with pytest.raises(ValueError, match='radius'):
     unf.gaussian_blur(jnp.asarray(x), 10.0, 30)
+
+
+def _release_photo(seed=0, source=1024):
+  """A 1024 px uint8 photo: random 16 px blocks, bilinearly upsampled, plus noise."""
+  rng = np.random.default_rng(seed)
+  blocks = rng.integers(0, 256, (source // 16, source // 16, 3), dtype=np.uint8)
+  smooth = np.asarray(Image.fromarray(blocks).resize((source, source), Image.BILINEAR),
+                      np.float64)
+  noisy = smooth + rng.normal(0.0, 8.0, smooth.shape)
+  return Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8))
+
+
+def test_sigma_units_match_the_release_blur_then_resize():
+  """σ in source pixels, scaled to 256, reproduces the release's PIL pipeline.
+
+  The release blurs the 1024 px photo with PIL GaussianBlur(radius=r) (PIL's
+  radius is σ) and then resizes it to 256 (datasets/images_dataset.py,
+  configs/transforms_config.py). Our filter runs on the resized 256 px image
+  with σ = r · 256 / 1024. The whole image is compared, borders included:
+  PIL's box passes repeat the edge pixel where we mirror, but both keep the
+  local mean and the mismatch is confined to a band of about 3σ (≤ 12 px at
+  256), so it moves the whole-image mean difference by a fraction of a grey
+  level (measured: 16 px in from the border the means are at most 0.21 lower). The old units (σ = r at
+  256 px, i.e. four times too wide) must fail, so the test tells them apart.
+  """
+  photo = _release_photo()
+  small = np.asarray(photo.resize((256, 256), Image.BILINEAR), np.float32)
+  x = jnp.asarray(small[None])
+  mask = jnp.zeros(x.shape[:3] + (1,))
+  new = unf.sigmas_at_size((16, 9, 4, 1), 256, 1024)
+  for r, sigma in zip((16, 9, 4, 1), new):
+    want = np.asarray(photo.filter(ImageFilter.GaussianBlur(r)).resize((256, 256), Image.BILINEAR),
+                      np.float32)
+    got = np.asarray(unf.uninterest_filter(x, mask, sigma, unf.kernel_radius(sigma),
+                                           region='whole'))[0]
+    mad = np.abs(got - want).mean()
+    assert mad <= 2.5, (r, sigma, mad)
+    old = np.asarray(unf.uninterest_filter(x, mask, float(r), unf.kernel_radius(r),
+                                           region='whole'))[0]
+    mad_old = np.abs(old - want).mean()
+    assert mad_old > 5.0, (r, mad_old)
+
+
+def test_sub_pixel_sigma_is_nearly_the_identity():
+  """σ = 0.25 px (the release's r = 1 at 256 px): taps ≈ (3.4e-4, 0.9993, 3.4e-4)."""
+  taps = np.asarray(unf.gaussian_taps(0.25, unf.kernel_radius(4.0)))
+  centre = len(taps) // 2
+  np.testing.assert_allclose(taps[centre - 1:centre + 2], [3.3524e-4, 0.99933, 3.3524e-4],
+                             rtol=1e-3)
+  assert taps[:centre - 1].max() < 1e-13

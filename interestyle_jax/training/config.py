@@ -60,7 +60,8 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.filter = ml_collections.ConfigDict()
   c.filter.region = 'uninterest'  # 'uninterest': blur outside the mask; 'whole': blur everything.
-  c.filter.sigmas = (16.0, 9.0, 4.0, 1.0, 0.0)  # Gaussian σ per iteration at 256 px (scaled with size).
+  c.filter.sigmas = (16.0, 9.0, 4.0, 1.0, 0.0)  # Gaussian σ per iteration, in px of source_size photos.
+  c.filter.source_size = 1024  # Side the σ are given at (FFHQ / CelebA-HQ release size); scaled to encoder_size.
   c.filter.padding = 'reflect'  # Blur padding: 'reflect' or 'zero'.
 
   c.loss = ml_collections.ConfigDict()
@@ -161,11 +162,15 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   size = c.model.encoder_size
   if size < 16 or size % 16:
     errors.append(f'config.model.encoder_size={size} must be a multiple of 16')
-  sig = unf.scaled_sigmas(c.filter.sigmas, size) if len(c.filter.sigmas) else (0.0,)
-  radius = unf.kernel_radius(max(sig))
-  if c.filter.padding == 'reflect' and radius >= size:
-    errors.append(f'config.filter.sigmas: the largest σ needs a blur radius {radius} >= '
-                  f'config.model.encoder_size={size}')
+  if c.filter.source_size <= 0:
+    errors.append(f'config.filter.source_size={c.filter.source_size} must be positive')
+  elif len(c.filter.sigmas):
+    sig = unf.sigmas_at_size(c.filter.sigmas, size, c.filter.source_size)
+    radius = unf.kernel_radius(max(max(sig), 0.0))
+    if c.filter.padding == 'reflect' and radius >= size:
+      errors.append(f'config.filter.sigmas: the largest σ, {max(sig):g} px at '
+                    f'config.model.encoder_size={size} (config.filter.source_size='
+                    f'{c.filter.source_size}), needs a blur radius {radius} >= {size}')
   for lam in ('l2', 'lpips', 'id', 'w_norm', 'ind'):
     if c.loss[lam] < 0:
       errors.append(f'config.loss.{lam}={c.loss[lam]} must be >= 0')

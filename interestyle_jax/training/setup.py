@@ -114,7 +114,8 @@ def step_config(config, axis_name: Optional[str] = AXIS) -> StepConfig:
   """
   return StepConfig(
       n_iters=config.model.n_iters,
-      sigmas=unf.scaled_sigmas(config.filter.sigmas, config.model.encoder_size),
+      sigmas=unf.sigmas_at_size(config.filter.sigmas, config.model.encoder_size,
+                                config.filter.source_size),
       filter_region=config.filter.region, filter_padding=config.filter.padding,
       loss_iterations=config.loss.iterations,
       weights=losses.LossWeights.from_config(config.loss),
