@@ -1,6 +1,14 @@
 """Train-step throughput and memory versus the number of refinement iterations T.
 
     python benchmarks/train_step.py --config configs/synthetic.py --batch 8 --iters 1,3,5
+    python benchmarks/train_step.py --paper_scale --resolution 1024 --batch 2 --iters 1,3,5 --json
+
+``--paper_scale`` replaces the config's world with the paper's networks at
+random weights (no files needed): a config-f StyleGAN2 at ``--resolution``
+(256 or 1024) pooled to 256 and an IR-SE50 encoder, interest-region L2 only,
+InD off, loss on every iteration unless ``--config.loss.iterations=last``;
+``--config.dtype=bfloat16``, ``--config.remat=True`` and
+``--config.scan_unroll`` apply.
 
 For every T the full data-parallel train step (jit + shard_map, Ranger update,
 InD pass as configured) is compiled and timed on random inputs in a fresh
@@ -12,7 +20,13 @@ subprocess, so the process peak RSS belongs to that T alone. Reported per T:
   temporaries; the part that would grow with T if activations were kept for a
   backward pass through all iterations),
 * ``peak_MiB``: device ``memory_stats()['peak_bytes_in_use']`` where the
-  backend reports it (GPU/TPU), else the process peak RSS.
+  backend reports it (GPU/TPU), else the process peak RSS,
+* ``GFLOP``: XLA's cost analysis of the compiled step, and ``MFU`` against
+  ``--peak_tflops`` (the device's dense peak, e.g. 989 for an H100 in bf16)
+  when given.
+
+With ``--json`` the last line is one JSON object for the last case run
+(``compile_s``, ``step_s``, ``peak_rss_mb``, XLA's memory analysis, …).
 
 Any ``--config.<field>=value`` override of train.py applies.
 """
@@ -35,9 +49,14 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/synthetic.py', 'Training config file.')
 flags.DEFINE_integer('batch', 8, 'Global batch size.')
 flags.DEFINE_string('iters', '1,3,5', 'Comma-separated T values.')
-flags.DEFINE_integer('steps', 10, 'Timed steps per repeat.')
+flags.DEFINE_integer('steps', 10, 'Timed steps per repeat (1 with --paper_scale unless given).')
 flags.DEFINE_integer('repeats', 3, 'Timing repeats (the median is reported).')
 flags.DEFINE_integer('single', 0, 'Internal: run only this T in this process.')
+flags.DEFINE_bool('paper_scale', False, 'Paper networks at random weights instead of the '
+                  "config's world.")
+flags.DEFINE_integer('resolution', 1024, 'Generator resolution with --paper_scale.')
+flags.DEFINE_float('peak_tflops', 0.0, 'Device peak TFLOP/s for MFU (0: not reported).')
+flags.DEFINE_bool('json', False, 'End with one JSON line for the last case.')
 
 
 def schedule(sigmas, t):
@@ -57,15 +76,28 @@ def run_one(config, t: int):
     config.model.n_iters = t
     config.filter.sigmas = schedule(config.filter.sigmas, t)
     config.batch_size = FLAGS.batch
-  s = setup.build(config)
+  if FLAGS.paper_scale:
+    import paper_scale  # pylint: disable=g-import-not-at-top
+    world = paper_scale.jax_world(FLAGS.resolution)
+    cfg = paper_scale.step_config(
+        t, config.loss.iterations, unroll=step_lib.scan_unroll(config.scan_unroll),
+        dtype=config.dtype, noise_mode='random')
+    models = world.models
+    if config.remat:
+      models = step_lib.Models(models.encoder, models.generator.clone(remat=True))
+    encoder_variables, frozen, size = world.encoder_variables, world.frozen, 256
+  else:
+    s = setup.build(config)
+    models, cfg = s.models, s.step_config
+    encoder_variables, frozen = s.encoder_variables, s.frozen
+    size = config.model.encoder_size
   mesh = setup.make_mesh()
   tx = state_lib.make_optimizer(config.optim)
   state = setup.replicate(jax.jit(lambda v: state_lib.create_train_state(v, tx))(
-      s.encoder_variables), mesh)
-  frozen = setup.replicate(s.frozen, mesh)
-  coll = evaluation.make_collection(step_lib.train_metric_names(s.step_config))
-  fn = loop.make_train_fn(s.models, s.step_config, tx, mesh, coll)
-  size = config.model.encoder_size
+      encoder_variables), mesh)
+  frozen = setup.replicate(frozen, mesh)
+  coll = evaluation.make_collection(step_lib.train_metric_names(cfg))
+  fn = loop.make_train_fn(models, cfg, tx, mesh, coll)
   rng = np.random.default_rng(0)
   local = FLAGS.batch // jax.process_count()
   ldc = jax.local_device_count()
@@ -80,27 +112,42 @@ def run_one(config, t: int):
   compile_s = time.time() - t0
   mem = compiled.memory_analysis()
   temp_mib = None if mem is None else mem.temp_size_in_bytes / 2 ** 20
+  memory = {} if mem is None else {
+      f'xla_{k}_MiB': round(getattr(mem, f'{k}_size_in_bytes') / 2 ** 20, 1)
+      for k in ('argument', 'output', 'temp', 'generated_code')
+      if hasattr(mem, f'{k}_size_in_bytes')}
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  gflop = float((cost or {}).get('flops', 0.0)) / 1e9
   state, m = compiled(state, frozen, batch, key)  # warm-up
   jax.block_until_ready(m)
   times = []
+  steps = FLAGS.steps if FLAGS['steps'].present or not FLAGS.paper_scale else 1
   for _ in range(FLAGS.repeats):
     t0 = time.time()
-    for _ in range(FLAGS.steps):
+    for _ in range(steps):
       state, m = compiled(state, frozen, batch, key)
     jax.block_until_ready(m)
-    times.append((time.time() - t0) / FLAGS.steps)
+    times.append((time.time() - t0) / steps)
   step_s = float(np.median(times))
   stats = jax.local_devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     peak, source = stats['peak_bytes_in_use'] / 2 ** 20, 'device'
   else:
     peak, source = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'rss'
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  mfu = gflop / step_s / (FLAGS.peak_tflops * 1e3) if FLAGS.peak_tflops else None
   return {'T': t, 'batch': FLAGS.batch, 'compile_s': round(compile_s, 2),
+          'step_s': round(step_s, 4),
           'steps_per_s': round(1 / step_s, 3), 'images_per_s': round(FLAGS.batch / step_s, 2),
           'temp_MiB': None if temp_mib is None else round(temp_mib, 2),
-          'peak_MiB': round(peak, 1), 'peak_source': source,
+          'peak_MiB': round(peak, 1), 'peak_source': source, 'peak_rss_mb': round(rss, 1),
+          'GFLOP': round(gflop, 1), 'MFU': None if mfu is None else round(mfu, 4),
           'loss': float(m.compute()['loss']), 'devices': jax.device_count(),
-          'backend': jax.default_backend()}
+          'backend': jax.default_backend(), 'dtype': config.dtype, 'remat': bool(config.remat),
+          'paper_scale': FLAGS.paper_scale,
+          'resolution': FLAGS.resolution if FLAGS.paper_scale else config.synthetic.resolution,
+          **memory}
 
 
 def main(argv):
@@ -115,12 +162,13 @@ def main(argv):
     if out.returncode != 0 or not lines:
       sys.exit(f'T={t} failed:\n{out.stderr[-4000:]}')
     results.append(json.loads(lines[-1][len('RESULT '):]))
-  print(f"{'T':>3} {'compile_s':>9} {'steps/s':>8} {'images/s':>9} {'temp_MiB':>9} "
-        f"{'peak_MiB':>9}  peak source")
+  print(f"{'T':>3} {'compile_s':>9} {'step_s':>8} {'images/s':>9} {'GFLOP':>8} {'MFU':>6} "
+        f"{'temp_MiB':>9} {'peak_MiB':>9}  peak source")
   for r in results:
-    print(f"{r['T']:>3} {r['compile_s']:>9} {r['steps_per_s']:>8} {r['images_per_s']:>9} "
-          f"{r['temp_MiB']!s:>9} {r['peak_MiB']:>9}  {r['peak_source']}")
-  print(json.dumps(results))
+    print(f"{r['T']:>3} {r['compile_s']:>9} {r['step_s']:>8} {r['images_per_s']:>9} "
+          f"{r['GFLOP']:>8} {r['MFU']!s:>6} {r['temp_MiB']!s:>9} {r['peak_MiB']:>9}  "
+          f"{r['peak_source']}")
+  print(json.dumps(results[-1] if FLAGS.json else results))
 
 
 if __name__ == '__main__':

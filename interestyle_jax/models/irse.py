@@ -22,6 +22,8 @@ from typing import Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from interestyle_jax.ops.conv import canonical_conv
+
 # Units per stage for the standard depths (TreB1eN / pSp ``get_blocks``).
 IRSE_STAGE_UNITS = {
     50: (3, 4, 14, 3),
@@ -67,12 +69,13 @@ def conv(features: int, kernel: int, stride: int = 1, padding: int = 0,
          conv_general_dilated=None) -> nn.Conv:
   """A PyTorch-style Conv2d (explicit symmetric padding, HWIO kernel).
 
-  ``conv_general_dilated`` replaces ``lax.conv_general_dilated`` (e.g.
-  :func:`interestyle_jax.ops.conv.patch_conv`).
+  The convolution is :func:`interestyle_jax.ops.conv.canonical_conv` (its
+  gradients stay fast inside a scan or shard_map on CPU) unless
+  ``conv_general_dilated`` names another (e.g. ``patch_conv``).
   """
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=[(padding, padding)] * 2, use_bias=use_bias, name=name,
-                 conv_general_dilated=conv_general_dilated)
+                 conv_general_dilated=conv_general_dilated or canonical_conv)
 
 
 class PReLU(nn.Module):

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from interestyle_jax.ops import fused_leaky_relu
+from interestyle_jax.ops.conv import canonical_conv
 
 
 class EqualLinear(nn.Module):
@@ -71,7 +72,7 @@ class EqualConv2d(nn.Module):
     weight = self.param('weight', nn.initializers.normal(1.0),
                         (k, k, in_ch, self.features))
     scale = 1.0 / math.sqrt(in_ch * k * k)
-    out = lax.conv_general_dilated(
+    out = canonical_conv(
         x, weight * scale, (self.stride, self.stride),
         [(self.padding, self.padding)] * 2,
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))

@@ -18,6 +18,7 @@ from jax import lax
 
 from interestyle_jax.models.layers import EqualLinear
 from interestyle_jax.ops import blur, fused_leaky_relu, upsample
+from interestyle_jax.ops.conv import canonical_conv
 
 NOISE_MODES = ('const', 'random', 'none')
 MODCONV_IMPLS = ('shared', 'grouped')
@@ -157,11 +158,10 @@ class ModulatedConv2d(nn.Module):
     if self.upsample:
       # PyTorch's conv_transpose2d(stride=2, padding=0): dilate the input,
       # pad by k-1 and correlate with the spatially flipped kernel.
-      return lax.conv_general_dilated(
+      return canonical_conv(
           x, jnp.flip(weight, (0, 1)), (1, 1), [(k - 1, k - 1)] * 2,
           lhs_dilation=(2, 2), dimension_numbers=dn)
-    return lax.conv_general_dilated(x, weight, (1, 1), [(k // 2, k // 2)] * 2,
-                                    dimension_numbers=dn)
+    return canonical_conv(x, weight, (1, 1), [(k // 2, k // 2)] * 2, dimension_numbers=dn)
 
 
 class NoiseInjection(nn.Module):
@@ -172,7 +172,8 @@ class NoiseInjection(nn.Module):
     weight = self.param('weight', nn.initializers.zeros, (1,))
     if noise is None:
       return x
-    return x + weight * noise
+    # Noise is drawn in float32; keep a bfloat16 generator in bfloat16.
+    return x + (weight * noise).astype(x.dtype)
 
 
 class FusedLeakyReLU(nn.Module):
@@ -245,6 +246,9 @@ class Generator(nn.Module):
     blur_kernel: FIR taps for upsampling.
     lr_mlp: learning-rate multiplier of the mapping network.
     modconv_impl: 'shared' or 'grouped' modulated-conv implementation.
+    remat: recompute each styled conv / ToRGB block in the backward pass
+      instead of keeping its activations (``jax.checkpoint``): less memory
+      for a gradient through G, one more forward pass of G.
   """
   resolution: int
   style_dim: int = 512
@@ -254,6 +258,7 @@ class Generator(nn.Module):
   blur_kernel: Sequence[int] = (1, 3, 3, 1)
   lr_mlp: float = 0.01
   modconv_impl: str = 'shared'
+  remat: bool = False
 
   def setup(self):
     log_size = int(math.log2(self.resolution))
@@ -269,15 +274,17 @@ class Generator(nn.Module):
     # style_{i} is PyTorch's style.{i+1} (style.0 is the parameter-free PixelNorm).
     self.style = [EqualLinear(self.style_dim, lr_mul=self.lr_mlp, activation=True)
                   for _ in range(self.n_mlp)]
+    styled_conv = nn.remat(StyledConv) if self.remat else StyledConv
+    to_rgb = nn.remat(ToRGB) if self.remat else ToRGB
     self.input = ConstantInput(ch[4])
-    self.conv1 = StyledConv(ch[4], blur_kernel=bk, impl=impl)
-    self.to_rgb1 = ToRGB(upsample=False, blur_kernel=bk, impl=impl)
+    self.conv1 = styled_conv(ch[4], blur_kernel=bk, impl=impl)
+    self.to_rgb1 = to_rgb(upsample=False, blur_kernel=bk, impl=impl)
     convs, to_rgbs = [], []
     for i in range(3, log_size + 1):
       c = ch[2 ** i]
-      convs.append(StyledConv(c, upsample=True, blur_kernel=bk, impl=impl))
-      convs.append(StyledConv(c, blur_kernel=bk, impl=impl))
-      to_rgbs.append(ToRGB(blur_kernel=bk, impl=impl))
+      convs.append(styled_conv(c, upsample=True, blur_kernel=bk, impl=impl))
+      convs.append(styled_conv(c, blur_kernel=bk, impl=impl))
+      to_rgbs.append(to_rgb(blur_kernel=bk, impl=impl))
     self.convs = convs
     self.to_rgbs = to_rgbs
     self.noise_buffers = [

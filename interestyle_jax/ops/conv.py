@@ -9,8 +9,10 @@ fast kernels do not take and falls back to a naive loop (42 convolutions of
 both gradients are plain matrix products.
 """
 
+import functools
 from typing import Sequence, Tuple, Union
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -70,3 +72,111 @@ def patch_conv(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Sequence[int]
   patches = jnp.concatenate(cols, axis=-1)  # [B, ho, wo, kh*kw*C], (i, j, c) order
   return jnp.einsum('bhwk,ko->bhwo', patches, rhs.reshape(kh * kw * c, o),
                     precision=precision, preferred_element_type=preferred_element_type)
+
+
+def _pads(padding: Padding, kernel, strides, in_shape, lhs_dilation):
+  dilated = [(n - 1) * d + 1 for n, d in zip(in_shape, lhs_dilation)]
+  return _explicit_padding(padding, kernel, strides, dilated)
+
+
+def _canonical_fwd(x, w, strides, pads, lhs_dilation):
+  return lax.conv_general_dilated(x, w, strides, pads, lhs_dilation=lhs_dilation,
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, w, strides, pads, lhs_dilation):
+  return _canonical_fwd(x, w, strides, pads, lhs_dilation)
+
+
+def _conv_fwd(x, w, strides, pads, lhs_dilation):
+  return _canonical_fwd(x, w, strides, pads, lhs_dilation), (x, w)
+
+
+def _conv_bwd(strides, pads, lhs_dilation, res, dy):
+  x, w = res
+  kh, kw = w.shape[:2]
+  ho, wo = dy.shape[1:3]
+  # Input gradient: the (stride-dilated) output gradient correlated with the
+  # spatially flipped kernel whose in/out axes are physically swapped, so the
+  # convolution is NHWC/HWIO again; the forward's input dilation becomes the
+  # stride.
+  dx_pads = []
+  for n, d, s, k, o, (pl, _) in zip(x.shape[1:3], lhs_dilation, strides, (kh, kw),
+                                    (ho, wo), pads):
+    dilated = (n - 1) * d + 1
+    lo = k - 1 - pl
+    dx_pads.append((lo, dilated + k - 1 - lo - ((o - 1) * s + 1)))
+  w_t = jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3)
+  dx = lax.conv_general_dilated(dy, w_t, lhs_dilation, dx_pads, lhs_dilation=strides,
+                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  # Kernel gradient: the padded input with channels as the batch and the batch
+  # as the features, correlated with the output gradient as a [ho, wo, B, O]
+  # kernel dilated by the stride; the far padding is trimmed so exactly kh x kw
+  # taps come out.
+  xd = x
+  if any(d != 1 for d in lhs_dilation):
+    xd = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(0, 0, d - 1) for d in lhs_dilation]
+                 + [(0, 0, 0)])
+  dw_pads = []
+  for n, s, k, o, (pl, ph) in zip(xd.shape[1:3], strides, (kh, kw), (ho, wo), pads):
+    span = (o - 1) * s + 1
+    dw_pads.append((pl, ph - (n + pl + ph - span + 1 - k)))
+  dw = lax.conv_general_dilated(jnp.transpose(xd, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)),
+                                (1, 1), dw_pads, rhs_dilation=strides,
+                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return dx.astype(x.dtype), jnp.transpose(dw, (1, 2, 0, 3)).astype(w.dtype)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def canonical_conv(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Sequence[int],
+                   padding: Padding, lhs_dilation=None, rhs_dilation=None,
+                   dimension_numbers=None, feature_group_count: int = 1,
+                   batch_group_count: int = 1, precision=None,
+                   preferred_element_type=None) -> jnp.ndarray:
+  """NHWC/HWIO convolution whose gradients are NHWC/HWIO convolutions too.
+
+  JAX differentiates a convolution into convolutions with permuted dimension
+  numbers (kernel ``01oi``, batch and feature swapped for the kernel
+  gradient). XLA:CPU rewrites those into the NHWC/HWIO form of its fast
+  kernels only in the entry computation; inside a ``lax.scan`` body or a
+  ``shard_map`` they stay as they are and run as naive loops (116 of 181
+  convolutions of the paper train step at T = 1, which then took 9x as long as
+  PyTorch's). This op's backward builds the same gradients from explicit
+  transposes and canonical convolutions, so no compiler pass is needed.
+  Drop-in for ``lax.conv_general_dilated`` (``nn.Conv(conv_general_dilated=…)``).
+
+  Args:
+    lhs: ``[B, H, W, C]`` input.
+    rhs: ``[kh, kw, C, O]`` kernel.
+    window_strides: ``(sh, sw)``.
+    padding: 'SAME' / 'VALID' or ``[(lo, hi), (lo, hi)]`` (of the dilated input).
+    lhs_dilation: input dilation (a transposed convolution), or None.
+    rhs_dilation: must be None or ones.
+    dimension_numbers: must describe NHWC/HWIO/NHWC.
+    feature_group_count: must be 1.
+    batch_group_count: must be 1.
+    precision: must be None (the default precision).
+    preferred_element_type: must be None or the input dtype.
+
+  Returns:
+    ``[B, H', W', O]``, equal to ``lax.conv_general_dilated``.
+  """
+  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
+  if dimension_numbers is not None and lax.conv_dimension_numbers(
+      lhs.shape, rhs.shape, dimension_numbers) != nhwc:
+    raise ValueError(f'canonical_conv needs NHWC/HWIO/NHWC, got {dimension_numbers}')
+  if rhs_dilation is not None and any(int(v) != 1 for v in rhs_dilation):
+    raise ValueError(f'canonical_conv does not support rhs_dilation={rhs_dilation}')
+  if feature_group_count != 1 or batch_group_count != 1:
+    raise ValueError('canonical_conv does not support grouped convolutions')
+  if precision is not None or (preferred_element_type is not None
+                               and jnp.dtype(preferred_element_type) != lhs.dtype):
+    raise ValueError('canonical_conv runs at the default precision in the input dtype')
+  strides = tuple(int(v) for v in window_strides)
+  dil = (1, 1) if lhs_dilation is None else tuple(int(v) for v in lhs_dilation)
+  pads = tuple(tuple(int(v) for v in p)
+               for p in _pads(padding, rhs.shape[:2], strides, lhs.shape[1:3], dil))
+  return _conv(lhs, rhs, strides, pads, dil)

@@ -45,6 +45,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.max_eval_batches = 0  # Cap on validation batches (0 = the whole test split).
   c.keep_checkpoints = 3  # Latest checkpoints kept (the best one is kept separately).
   c.profile_steps = 0  # Steps traced by clu's Profile hook (0 = no profiling).
+  c.dtype = 'float32'  # Train-step compute dtype: 'float32' or 'bfloat16' (params, optimizer, losses stay float32).
+  c.remat = False  # Recompute generator blocks in the backward pass (less memory, one more G forward).
   c.scan_unroll = 'auto'  # Unroll the T-iteration scan: 'auto' (on CPU, where XLA needs it), 'yes', 'no'.
 
   c.model = ml_collections.ConfigDict()
@@ -158,6 +160,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   _choice(errors, c.loss.train_noise_mode, NOISE_MODES, 'loss.train_noise_mode')
   _choice(errors, c.data.source, DATA_SOURCES, 'data.source')
   _choice(errors, c.scan_unroll, ('auto', 'yes', 'no'), 'scan_unroll')
+  _choice(errors, c.dtype, ('float32', 'bfloat16'), 'dtype')
   _choice(errors, c.model.encoder.backbone, BACKBONES, 'model.encoder.backbone')
   size = c.model.encoder_size
   if size < 16 or size % 16:

@@ -121,7 +121,7 @@ def step_config(config, axis_name: Optional[str] = AXIS) -> StepConfig:
       weights=losses.LossWeights.from_config(config.loss),
       encoder_size=config.model.encoder_size,
       train_noise_mode=config.loss.train_noise_mode, axis_name=axis_name,
-      unroll_scan=scan_unroll(config.scan_unroll))
+      unroll_scan=scan_unroll(config.scan_unroll), dtype=config.dtype)
 
 
 def build(config) -> Setup:
@@ -155,7 +155,9 @@ def build(config) -> Setup:
       gen.apply(v, w[None], noise_mode='const'), size)[0])(gen_vars, latent_avg)
   frozen.update(generator=gen_vars, latent_avg=latent_avg, avg_image=avg_image)
   gen_kwargs = {k: int(getattr(gen, k)) for k in GENERATOR_FIELDS}
-  return Setup(models=Models(encoder, gen, lpips_mod, arc_mod), frozen=frozen,
+  # remat changes how G is differentiated, not its parameters or outputs.
+  train_gen = gen.clone(remat=bool(config.remat)) if config.remat else gen
+  return Setup(models=Models(encoder, train_gen, lpips_mod, arc_mod), frozen=frozen,
                encoder_variables=enc_vars, encoder_kwargs=encoder_kwargs,
                generator_kwargs=gen_kwargs, step_config=step_config(config), world=world)
 

@@ -34,6 +34,7 @@ from interestyle_jax.ops.pooling import adaptive_avg_pool2d
 from interestyle_jax.training.state import TrainState, apply_gradients
 
 LOSS_ITERATIONS = ('all', 'last')
+DTYPES = ('float32', 'bfloat16')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,9 @@ class StepConfig:
     axis_name: device axis for pmean (None: unmapped).
     unroll_scan: emit the T iterations of the training scan unrolled (see
       :func:`scan_unroll`).
+    dtype: compute dtype of the encoder and generator in the training step
+      ('float32' or 'bfloat16'); parameters, optimizer state, BatchNorm
+      statistics, latents, the filter and the losses stay float32.
   """
   n_iters: int
   sigmas: Tuple[float, ...]
@@ -63,6 +67,7 @@ class StepConfig:
   train_noise_mode: str = 'random'
   axis_name: Optional[str] = 'batch'
   unroll_scan: bool = True
+  dtype: str = 'float32'
 
   def __post_init__(self):
     if len(self.sigmas) != self.n_iters:
@@ -70,6 +75,8 @@ class StepConfig:
     if self.loss_iterations not in LOSS_ITERATIONS:
       raise ValueError(f'loss_iterations must be one of {LOSS_ITERATIONS}, '
                        f'got {self.loss_iterations!r}')
+    if self.dtype not in DTYPES:
+      raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
 
   @property
   def radius(self) -> int:
@@ -152,7 +159,7 @@ def render(models: Models, frozen, w: jnp.ndarray, size: int, noise_mode: str,
   """
   rngs = {'noise': key} if noise_mode == 'random' else None
   img = models.generator.apply(frozen['generator'], w, noise_mode=noise_mode, rngs=rngs)
-  return adaptive_avg_pool2d(img, size)
+  return adaptive_avg_pool2d(img.astype(jnp.float32), size)
 
 
 def initial_estimate(frozen, batch_size: int):
@@ -170,16 +177,28 @@ def initial_estimate(frozen, batch_size: int):
           jnp.broadcast_to(y_avg, (batch_size,) + y_avg.shape))
 
 
-def _encode(models, params, batch_stats, x_in, y_prev, train: bool):
-  variables = {'params': params}
+def _cast(tree, dtype):
+  """Floating leaves of ``tree`` in ``dtype`` (a no-op for float32)."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return tree
+  return jax.tree.map(
+      lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def _encode(models, params, batch_stats, x_in, y_prev, train: bool,
+            dtype: str = 'float32'):
+  """Δ = E([x̃, ŷ]) in float32, computed in ``dtype`` (statistics stay float32)."""
+  variables = {'params': _cast(params, dtype)}
   if batch_stats:
     variables['batch_stats'] = batch_stats
-  inp = jnp.concatenate([x_in, y_prev], axis=-1)
+  inp = _cast(jnp.concatenate([x_in, y_prev], axis=-1), dtype)
   if train and batch_stats:
     delta, updates = models.encoder.apply(variables, inp, train=True,
                                           mutable=['batch_stats'])
-    return delta, updates['batch_stats']
-  return models.encoder.apply(variables, inp, train=train), batch_stats
+    stats = jax.tree.map(lambda new, old: new.astype(old.dtype), updates['batch_stats'],
+                         batch_stats)
+    return delta.astype(jnp.float32), stats
+  return models.encoder.apply(variables, inp, train=train).astype(jnp.float32), batch_stats
 
 
 def loss_and_grads(params, batch_stats, frozen: Dict[str, Any],
@@ -205,14 +224,22 @@ def loss_and_grads(params, batch_stats, frozen: Dict[str, Any],
   x, m = batch['image'], batch['mask']
   w_avg = frozen['latent_avg']
   lpips_fn, id_embed = _perceptual_fns(models, frozen)
+  dt = cfg.dtype
+  # The generator runs in the compute dtype; its float32 image is pooled.
+  gen_frozen = {'generator': _cast(frozen['generator'], dt)}
+
+  def render_train(w, key):
+    return render(models, gen_frozen, _cast(w, dt), cfg.encoder_size,
+                  cfg.train_noise_mode, key)
+
   keys = jax.random.split(rng, cfg.n_iters + 1)
   sigmas = jnp.asarray(cfg.sigmas, jnp.float32)
   radius = cfg.radius
 
   def forward(params, batch_stats, w_prev, y_prev, x_in, key):
-    delta, batch_stats = _encode(models, params, batch_stats, x_in, y_prev, True)
+    delta, batch_stats = _encode(models, params, batch_stats, x_in, y_prev, True, dt)
     w = w_prev + delta
-    y_hat = render(models, frozen, w, cfg.encoder_size, cfg.train_noise_mode, key)
+    y_hat = render_train(w, key)
     loss, terms = losses.iteration_loss(y_hat, x, m, w, w_avg, cfg.weights,
                                         lpips_fn, id_embed)
     return loss, (terms, w, y_hat, batch_stats)
@@ -264,9 +291,8 @@ def loss_and_grads(params, batch_stats, frozen: Dict[str, Any],
 
   if cfg.weights.ind > 0:
     def ind_fn(params, batch_stats):
-      delta, batch_stats = _encode(models, params, batch_stats, x, m * x, True)
-      y_ind = render(models, frozen, w_last + delta, cfg.encoder_size,
-                     cfg.train_noise_mode, keys[-1])
+      delta, batch_stats = _encode(models, params, batch_stats, x, m * x, True, dt)
+      y_ind = render_train(w_last + delta, keys[-1])
       value = losses.ind_loss(y_ind, x, m, cfg.weights, lpips_fn, id_embed)
       return cfg.weights.ind * value, (value, batch_stats)
 
