@@ -79,18 +79,9 @@ def _random_networks(root):
 
 
 @pytest.fixture(scope='module')
-def fast_compiles():
-  """Unoptimised XLA for this module: the programs are tiny, compiling them is the cost."""
-  old = jax.config.values['jax_disable_most_optimizations']
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', old)
-
-
-@pytest.fixture(scope='module')
-def world(fast_compiles, tmp_path_factory):
+def world(unoptimised_xla, tmp_path_factory):
   """Random networks, train/test folders and a shared TFDS dir, built once."""
-  del fast_compiles
+  del unoptimised_xla
   root = str(tmp_path_factory.mktemp('paper_world'))
   _random_networks(root)
   ff.write_folder(os.path.join(root, 'train'), range(8), SIZE)

@@ -30,13 +30,8 @@ SIGMAS = (1.5, 0.0)
 W = losses.LossWeights(l2=1.0, lpips=0.0, id=0.0, w_norm=0.3, ind=0.5)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def unoptimised_xla():
-  """XLA without most optimisations compiles these tiny programs ~30 % faster."""
-  old = jax.config.values['jax_disable_most_optimizations']
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', old)
+# XLA without most optimisations compiles these tiny programs ~30 % faster.
+pytestmark = pytest.mark.usefixtures('unoptimised_xla')
 
 
 @pytest.fixture(scope='module')

@@ -1,7 +1,11 @@
-"""A convolution computed as one matrix product over explicit patches.
+"""Convolutions whose gradients stay on XLA:CPU's fast kernels.
 
-Drop-in for ``lax.conv_general_dilated`` (``nn.Conv(conv_general_dilated=…)``)
-for NHWC inputs and HWIO kernels on small feature maps. The ReStyle style
+Both are drop-ins for ``lax.conv_general_dilated``
+(``nn.Conv(conv_general_dilated=…)``) for NHWC inputs and HWIO kernels.
+
+:func:`canonical_conv` builds its gradients as NHWC/HWIO convolutions itself
+(see its docstring). :func:`patch_conv` computes the convolution as one matrix
+product over explicit patches, for small feature maps: the ReStyle style
 blocks reduce a 16x16 map to 1x1 with stride-2 3x3 convolutions; XLA:CPU's
 gradient of such a convolution on a 2x2 or 4x4 map uses a reversed window its
 fast kernels do not take and falls back to a naive loop (42 convolutions of

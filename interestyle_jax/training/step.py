@@ -109,10 +109,12 @@ def scan_unroll(setting: str) -> bool:
   computation, not inside a while loop's body, and the leftovers run as naive
   loops. A rolled ``lax.scan`` whose body takes gradients thus made the paper
   step 4–10x slower on CPU (261 of 387 convolutions at T = 1 left
-  non-canonical, 42 when unrolled; see ``benchmarks/train_step.py``). With
-  ``unroll=True`` the scan is still one ``lax.scan`` but XLA sees straight-line
-  code. GPUs and TPUs have no such pass, and a rolled loop compiles T times
-  faster there.
+  non-canonical, 42 when unrolled). Unrolling was the first fix; the models
+  now use :func:`interestyle_jax.ops.conv.canonical_conv`, whose gradients are
+  canonical in a rolled loop too (tested), so unrolling is kept on CPU as the
+  measured configuration (``benchmarks/vs_pytorch.py``), not as a necessity.
+  With ``unroll=True`` the scan is still one ``lax.scan``. On GPUs and TPUs a
+  rolled loop compiles T times faster.
 
   Args:
     setting: 'auto' (unroll on CPU only), 'yes' or 'no'.
