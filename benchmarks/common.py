@@ -4,6 +4,8 @@ import time
 
 import jax
 
+from interestyle_jax.ops import xla_options
+
 
 def parse_ints(s: str):
   """'1,4,8' → [1, 4, 8]."""
@@ -11,7 +13,7 @@ def parse_ints(s: str):
 
 
 def bench(fn, args, iters: int, warmup: int):
-  """Compiles ``jax.jit(fn)`` for ``args`` and times it.
+  """Compiles ``fn`` as the library does (``xla_options.jit``) and times it.
 
   Args:
     fn: the function to jit.
@@ -23,7 +25,7 @@ def bench(fn, args, iters: int, warmup: int):
     ``(compile seconds, seconds per call)``.
   """
   t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
+  compiled = xla_options.jit(fn).lower(*args).compile()
   compile_s = time.perf_counter() - t0
   for _ in range(warmup):
     jax.block_until_ready(compiled(*args))

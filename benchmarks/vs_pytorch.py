@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from interestyle_jax.ops import xla_options  # pylint: disable=g-import-not-at-top
+
 
 def torch_step(enc, gen, latent_avg, avg_image, opt, x, m, n_iters, loss_iterations):
   """ReStyle's training iterations + one optimizer step (coach_restyle_psp)."""
@@ -99,8 +101,8 @@ def build(args):
   compiled = fn.lower(state, frozen, batch, key).compile()
   compile_s = time.perf_counter() - t0
   inv_cfg = step_config(args.iters, axis_name=None)
-  inv = jax.jit(lambda ev, fr, x: step_lib.invert(ev, fr, x, models=world.models,
-                                                   cfg=inv_cfg)[2][-1])
+  inv = xla_options.jit(lambda ev, fr, x: step_lib.invert(ev, fr, x, models=world.models,
+                                                           cfg=inv_cfg)[2][-1])
   xi = jnp.asarray(batch_arrays(args.invert_batch, seed=1)[0])
   ti = torch.from_numpy(np.asarray(xi)).permute(0, 3, 1, 2).contiguous()
   return dict(enc=enc, gen=gen, latent_avg=latent_avg, avg_image=avg_image, opt=opt, tx=tx_,
@@ -165,7 +167,7 @@ def main():
   with torch.no_grad():  # same weights and inputs: one inversion compared
     want = torch_invert(b['enc'], b['gen'], b['latent_avg'], b['avg_image'], b['ti'], 1)
   from interestyle_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
-  got = jax.jit(lambda ev, fr, x: step_lib.invert(
+  got = xla_options.jit(lambda ev, fr, x: step_lib.invert(
       ev, fr, x, models=b['world'].models, cfg=step_config(1, axis_name=None))[2][-1])(
           b['world'].encoder_variables, b['world'].frozen, b['xi'])
   parity = float(np.max(np.abs(np.asarray(got) - F.adaptive_avg_pool2d(

@@ -19,12 +19,12 @@ import functools
 import os
 from typing import Optional, Sequence, Tuple, Union
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from interestyle_jax.models.stylegan2 import mix_styles
+from interestyle_jax.ops import xla_options
 
 Layers = Optional[Union[Tuple[int, int], str]]
 
@@ -213,7 +213,7 @@ def interpolate(w_a, w_b, steps: int) -> jnp.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _render_fn(generator):
-  return jax.jit(lambda v, w: generator.apply(v, w, noise_mode='const'))
+  return xla_options.jit(lambda v, w: generator.apply(v, w, noise_mode='const'))
 
 
 def render(generator, variables, latents, batch_size: int = 8) -> np.ndarray:

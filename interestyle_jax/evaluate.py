@@ -40,6 +40,7 @@ from interestyle_jax.data import folder
 # _refine is the Inverter's own loop: evaluation and inversion cannot drift apart.
 from interestyle_jax.inference import _refine, average_image, load_inverter, resolve_model_dir
 from interestyle_jax.invert import too_small
+from interestyle_jax.ops import xla_options
 from interestyle_jax.ops.pooling import adaptive_avg_pool2d
 
 AXIS = 'batch'
@@ -90,8 +91,8 @@ def make_eval_fn(inverter, n_iters: int, mesh: Mesh, lpips_module=None,
   # batch axis sharded and the host averages. check_vma=False: the refinement
   # scan's carry starts from the replicated average latent and becomes
   # batch-varying, which the varying-axes type check rejects.
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)),
-                               out_specs=P(None, AXIS), check_vma=False))
+  return xla_options.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)),
+                                       out_specs=P(None, AXIS), check_vma=False))
 
 
 def folder_batches(root: str, size: int, batch_size: int, limit: Optional[int],
@@ -249,8 +250,8 @@ def evaluate(inverter, batches, n_iters: int, lpips_net=None, arcface_net=None,
   mesh = make_mesh() if mesh is None else mesh
   fn = make_eval_fn(inverter, n_iters, mesh, lpips_net and lpips_net[0],
                     arcface_net and arcface_net[0])
-  avg = jax.jit(functools.partial(average_image, inverter.generator),
-                static_argnames='encoder_size')(inverter.generator_variables,
+  avg = xla_options.jit(functools.partial(average_image, inverter.generator),
+                        static_argnames='encoder_size')(inverter.generator_variables,
                                                 inverter.latent_avg,
                                                 encoder_size=inverter.encoder_size)
   variables = {'encoder': inverter.encoder_variables, 'generator': inverter.generator_variables,

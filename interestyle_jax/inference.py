@@ -24,6 +24,7 @@ import numpy as np
 from interestyle_jax import artifacts
 from interestyle_jax.models.encoder import BackboneEncoder
 from interestyle_jax.models.stylegan2 import Generator
+from interestyle_jax.ops import xla_options
 from interestyle_jax.ops.pooling import adaptive_avg_pool2d
 
 KIND = 'restyle'
@@ -112,8 +113,8 @@ class Inverter:
     self.n_iters = int(n_iters)
     # Variables are arguments (not closed-over constants) so they are not
     # baked into the compiled program; jit caches per input shape / n_iters.
-    self._run = jax.jit(functools.partial(_refine, encoder, generator),
-                        static_argnames=('n_iters', 'encoder_size'))
+    self._run = xla_options.jit(functools.partial(_refine, encoder, generator),
+                                static_argnames=('n_iters', 'encoder_size'))
     self._avg_image = None  # ŷ₀, computed on first use
 
   @classmethod
@@ -185,8 +186,8 @@ class Inverter:
       raise ValueError(f'n_iters must be >= 1, got {n_iters}')
     x = self.preprocess(images)
     if self._avg_image is None:
-      self._avg_image = jax.jit(functools.partial(average_image, self.generator),
-                                static_argnames='encoder_size')(
+      self._avg_image = xla_options.jit(functools.partial(average_image, self.generator),
+                                        static_argnames='encoder_size')(
                                     self.generator_variables, self.latent_avg,
                                     encoder_size=self.encoder_size)
     return self._run(self.encoder_variables, self.generator_variables, self.latent_avg, x,

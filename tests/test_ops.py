@@ -88,3 +88,34 @@ def test_l2_norm_value_and_finite_gradient_at_zero():
   np.testing.assert_allclose(np.asarray(l2_norm(x, axis=-1)), [5.0, 0.0])
   g = np.asarray(jax.grad(lambda v: l2_norm(v, axis=-1).sum())(x))
   np.testing.assert_allclose(g, [[0.6, 0.8], [0.0, 0.0]], rtol=1e-6)  # plain sqrt: NaN row
+
+
+@pytest.mark.parametrize('op', ['canonical', 'patch'])
+@pytest.mark.parametrize('size,k,strides,padding,lhs_dilation', [
+    ((9, 8), 3, (1, 1), 'SAME', None),
+    ((9, 8), 3, (2, 2), [(1, 1), (1, 1)], None),  # IR-SE50's stride-2 conv (polyphase dgrad)
+    ((8, 8), 1, (2, 2), 'VALID', None),  # its 1x1 shortcut
+    ((7, 6), 3, (2, 1), [(0, 2), (1, 0)], None),
+    ((5, 6), 3, (1, 1), [(2, 2), (2, 2)], (2, 2)),  # StyleGAN2's transposed conv
+    ((5, 4), 4, (1, 1), [(3, 1), (0, 2)], (2, 2)),  # even kernel, uneven phases
+    ((4, 5), 3, (1, 1), [(1, 1), (2, 0)], (3, 2)),
+    ((6, 5), 3, (1, 1), [(-1, 2), (1, 1)], (2, 2)),  # negative padding crops
+])
+def test_convolutions_and_their_gradients_match_lax(op, size, k, strides, padding, lhs_dilation):
+  from jax import lax
+  from interestyle_jax.ops.conv import canonical_conv, patch_conv
+  if op == 'patch' and lhs_dilation is not None:
+    pytest.skip('patch_conv takes no input dilation')
+  fn = canonical_conv if op == 'canonical' else patch_conv
+  rng = np.random.RandomState(0)
+  x = rng.randn(2, *size, 3).astype(np.float32)
+  w = rng.randn(k, k, 3, 5).astype(np.float32)
+  conv = lambda f: (lambda a, b: f(a, b, strides, padding, lhs_dilation=lhs_dilation,
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  want, want_vjp = jax.vjp(conv(lax.conv_general_dilated), x, w)
+  got, got_vjp = jax.vjp(conv(fn), x, w)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  dy = rng.randn(*want.shape).astype(np.float32)
+  for g, r in zip(got_vjp(dy), want_vjp(dy)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-4)

@@ -10,7 +10,6 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from interestyle_jax.ops import fused_leaky_relu
 from interestyle_jax.ops.conv import canonical_conv

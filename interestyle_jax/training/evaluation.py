@@ -22,7 +22,6 @@ Padding examples (``valid == 0``) are excluded through the metrics' masks.
 
 from typing import Any, Dict, Sequence, Tuple
 
-import jax
 import jax.numpy as jnp
 from clu import metrics as clu_metrics
 from jax import lax

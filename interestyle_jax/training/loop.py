@@ -27,6 +27,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.sharding import PartitionSpec as P
 
+from interestyle_jax.ops import xla_options
 from interestyle_jax.training import checkpointing, evaluation, setup as setup_lib
 from interestyle_jax.training import state as state_lib
 from interestyle_jax.training import step as step_lib
@@ -59,15 +60,16 @@ def make_train_fn(models, cfg, tx, mesh, collection):
     state, scalars = sharded(state, frozen, batch, rng)
     return state, collection.single_from_model_output(**scalars)
 
-  return jax.jit(fn, donate_argnums=(0,))
+  return xla_options.jit(fn, donate_argnums=(0,))
 
 
 def make_eval_fn(models, cfg, mesh, collection):
   """jit(shard_map(eval_step)) returning a replicated clu collection."""
   per_device = functools.partial(evaluation.eval_step, models=models, cfg=cfg,
                                  collection=collection)
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(cfg.axis_name)),
-                               out_specs=P(), check_vma=False))
+  return xla_options.jit(jax.shard_map(per_device, mesh=mesh,
+                                       in_specs=(P(), P(), P(cfg.axis_name)),
+                                       out_specs=P(), check_vma=False))
 
 
 def evaluate(eval_fn, state, frozen, batches, mesh) -> Dict[str, float]:
@@ -145,8 +147,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   eval_coll = evaluation.make_collection(names)
   train_fn = make_train_fn(models, cfg, tx, mesh, train_coll)
   eval_fn = make_eval_fn(models, cfg, mesh, eval_coll)
-  vis_fn = jax.jit(functools.partial(evaluation.visualize, models=models, cfg=cfg),
-                   static_argnames='apply_filter')
+  vis_fn = xla_options.jit(functools.partial(evaluation.visualize, models=models, cfg=cfg),
+                           static_argnames='apply_filter')
   eval_batches = setup_lib.eval_iterator_fn(config, s)
   grid_rows = next(iter(eval_batches()))
   grid_rows = _local_rows(grid_rows, config.num_grid_images)

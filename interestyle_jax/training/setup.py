@@ -20,7 +20,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from interestyle_jax import artifacts, losses, synthetic
 from interestyle_jax import filter as unf
 from interestyle_jax.models.encoder import BackboneEncoder
-from interestyle_jax.models.stylegan2 import Generator
 from interestyle_jax.ops.pooling import adaptive_avg_pool2d
 from interestyle_jax.training.config import ConfigError
 from interestyle_jax.training.step import Models, StepConfig, scan_unroll
