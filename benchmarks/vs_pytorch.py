@@ -12,7 +12,8 @@ per iteration ``ŷ = pool(G(w + E([x, ŷ])))``, interest-region L2,
 sides and σ = 0 (the filter, cheap elementwise work, is left out of both).
 
 The steps are timed alternately in this process (``--steps`` each, median),
-then each side runs alone in a subprocess for its peak RSS. Inversion
+then each side runs alone in a subprocess for its peak RSS (alone, the JAX
+side builds its networks in JAX and never imports torch). Inversion
 (T iterations, no gradient, eval-mode BatchNorm) is timed the same way.
 ``torch.set_num_threads`` is the core count unless ``--threads`` says otherwise.
 """
@@ -26,19 +27,19 @@ import subprocess
 import sys
 import time
 
-from paper_scale import ROOT, batch_arrays, step_config, torch_world  # benchmarks/ on sys.path
+from paper_scale import ROOT, batch_arrays, jax_world, step_config, torch_world  # benchmarks/ on sys.path
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from interestyle_jax.ops import xla_options  # pylint: disable=g-import-not-at-top
 
 
 def torch_step(enc, gen, latent_avg, avg_image, opt, x, m, n_iters, loss_iterations):
   """ReStyle's training iterations + one optimizer step (coach_restyle_psp)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   enc.train()
   opt.zero_grad()
   b = x.shape[0]
@@ -58,33 +59,51 @@ def torch_step(enc, gen, latent_avg, avg_image, opt, x, m, n_iters, loss_iterati
   return float(loss)
 
 
-@torch.no_grad()
 def torch_invert(enc, gen, latent_avg, avg_image, x, n_iters):
+  """ReStyle's inference loop (no gradient, eval-mode BatchNorm); the last image."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   enc.eval()
   b = x.shape[0]
-  w = latent_avg[None].repeat(b, 1, 1)
-  y = avg_image.repeat(b, 1, 1, 1)
-  for _ in range(n_iters):
-    w = w + enc(torch.cat([x, y], dim=1))
-    img = gen(w)
-    y = F.adaptive_avg_pool2d(img, x.shape[-1])
+  with torch.no_grad():
+    w = latent_avg[None].repeat(b, 1, 1)
+    y = avg_image.repeat(b, 1, 1, 1)
+    for _ in range(n_iters):
+      w = w + enc(torch.cat([x, y], dim=1))
+      img = gen(w)
+      y = F.adaptive_avg_pool2d(img, x.shape[-1])
   return img
 
 
-def build(args):
-  """Both sides: modules, states and compiled functions."""
+def build(args, side=None):
+  """Modules, states and compiled functions of both sides, or of ``side`` only.
+
+  Alone, the JAX side builds its networks in JAX (random weights, the same
+  shapes and work) and never imports torch, so its peak RSS is its own.
+  """
   from interestyle_jax.training import evaluation, loop, setup  # pylint: disable=g-import-not-at-top
   from interestyle_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
   from interestyle_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
-  enc, gen, latent_avg, world = torch_world(args.resolution)
-  for p in gen.parameters():
-    p.requires_grad_(False)
-  with torch.no_grad():
-    avg_image = F.adaptive_avg_pool2d(gen(latent_avg[None]), 256)
-  opt = torch.optim.Adam(enc.parameters(), lr=1e-4)
   images, masks = batch_arrays(args.batch)
-  tx_ = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-  tm_ = torch.from_numpy(masks).permute(0, 3, 1, 2).contiguous()
+  xi = jnp.asarray(batch_arrays(args.invert_batch, seed=1)[0])
+  out = {'xi': xi}
+  if side != 'jax':
+    import torch  # pylint: disable=g-import-not-at-top
+    import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+    enc, gen, latent_avg, world = torch_world(args.resolution)
+    for p in gen.parameters():
+      p.requires_grad_(False)
+    with torch.no_grad():
+      avg_image = F.adaptive_avg_pool2d(gen(latent_avg[None]), 256)
+    out.update(enc=enc, gen=gen, latent_avg=latent_avg, avg_image=avg_image,
+               opt=torch.optim.Adam(enc.parameters(), lr=1e-4),
+               tx=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+               tm=torch.from_numpy(masks).permute(0, 3, 1, 2).contiguous(),
+               ti=torch.from_numpy(np.asarray(xi)).permute(0, 3, 1, 2).contiguous())
+  else:
+    world = jax_world(args.resolution)
+  if side == 'torch':
+    return out
 
   cfg = step_config(args.iters, args.loss_iterations)
   mesh = setup.make_mesh()
@@ -103,11 +122,9 @@ def build(args):
   inv_cfg = step_config(args.iters, axis_name=None)
   inv = xla_options.jit(lambda ev, fr, x: step_lib.invert(ev, fr, x, models=world.models,
                                                            cfg=inv_cfg)[2][-1])
-  xi = jnp.asarray(batch_arrays(args.invert_batch, seed=1)[0])
-  ti = torch.from_numpy(np.asarray(xi)).permute(0, 3, 1, 2).contiguous()
-  return dict(enc=enc, gen=gen, latent_avg=latent_avg, avg_image=avg_image, opt=opt, tx=tx_,
-              tm=tm_, compiled=compiled, state=state, frozen=frozen, batch=batch, key=key,
-              compile_s=compile_s, inv=inv, xi=xi, ti=ti, world=world)
+  out.update(compiled=compiled, state=state, frozen=frozen, batch=batch, key=key,
+             compile_s=compile_s, inv=inv, world=world)
+  return out
 
 
 def time_calls(fns, steps):
@@ -125,7 +142,7 @@ def time_calls(fns, steps):
 
 def run_side(args, side):
   """One side alone (subprocess): its step time and the process peak RSS."""
-  b = build(args)
+  b = build(args, side)
   if side == 'jax':
     st = [b['state']]
 
@@ -155,7 +172,9 @@ def main():
   p.add_argument('--json', action='store_true', help='end with one JSON line')
   p.add_argument('--side', choices=('jax', 'torch'), help=argparse.SUPPRESS)
   args = p.parse_args()
-  torch.set_num_threads(args.threads)
+  if args.side != 'jax':
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(args.threads)
   if args.side:
     print('RESULT ' + json.dumps(run_side(args, args.side)), flush=True)
     return
@@ -163,9 +182,10 @@ def main():
   print(f'backend={jax.default_backend()} devices={jax.device_count()} torch_threads={args.threads} '
         f'resolution={args.resolution} batch={args.batch} T={args.iters} '
         f'loss_iterations={args.loss_iterations}', flush=True)
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   b = build(args)
-  with torch.no_grad():  # same weights and inputs: one inversion compared
-    want = torch_invert(b['enc'], b['gen'], b['latent_avg'], b['avg_image'], b['ti'], 1)
+  # Same weights and inputs: one inversion compared.
+  want = torch_invert(b['enc'], b['gen'], b['latent_avg'], b['avg_image'], b['ti'], 1)
   from interestyle_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
   got = xla_options.jit(lambda ev, fr, x: step_lib.invert(
       ev, fr, x, models=b['world'].models, cfg=step_config(1, axis_name=None))[2][-1])(

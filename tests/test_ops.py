@@ -58,6 +58,23 @@ def test_upfirdn2d_matches_definition(up, down, pad, separable):
   np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize('up,down,pad', [
+    ((1, 1), (1, 1), (1, 2, 1, 2)),  # the blur after StyleGAN2's transposed conv
+    ((1, 1), (1, 1), (-1, 3, 2, -2)),
+    ((2, 2), (1, 1), (2, 1, 2, 1)),
+    ((1, 1), (2, 2), (1, 1, 1, 1)),
+])
+def test_separable_upfirdn2d_gradient_matches_depthwise_convolution(up, down, pad):
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((2, 6, 5, 3)).astype(np.float32)
+  k = np.outer([1.0, -2.0, 0.5], [3.0, 0.0, 1.0, -2.0]).astype(np.float32)
+  dy = rng.standard_normal(upfirdn_numpy(x, k, up, down, pad).shape).astype(np.float32)
+  got = jax.vjp(lambda v: upfirdn2d(v, k, up=up, down=down, pad=pad), x)[1](dy)[0]
+  # A traced kernel takes the depthwise-convolution path and JAX's own gradient.
+  want = jax.vjp(lambda v, kk: upfirdn2d(v, kk, up=up, down=down, pad=pad), x, k)[1](dy)[0]
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+
 def test_make_kernel_and_resamplers():
   k = make_kernel([1, 3, 3, 1])
   np.testing.assert_allclose(k, np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64.0)
