@@ -1,10 +1,28 @@
 """Timing helpers shared by the benchmark scripts."""
 
+import resource
 import time
 
 import jax
 
 from interestyle_jax.ops import xla_options
+
+
+def peak_rss_mb() -> float:
+  """This process's peak resident set size in MB.
+
+  Linux's ``getrusage`` ``ru_maxrss`` survives ``exec``, so a benchmark
+  subprocess would report its parent's peak; ``VmHWM`` belongs to the
+  process's own address space.
+  """
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def parse_ints(s: str):

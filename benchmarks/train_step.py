@@ -33,7 +33,6 @@ Any ``--config.<field>=value`` override of train.py applies.
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -44,6 +43,8 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top
 import jax
 import numpy as np
 from ml_collections import config_flags
+
+from common import peak_rss_mb  # benchmarks/ is sys.path[0]
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/synthetic.py', 'Training config file.')
@@ -134,8 +135,8 @@ def run_one(config, t: int):
   if 'peak_bytes_in_use' in stats:
     peak, source = stats['peak_bytes_in_use'] / 2 ** 20, 'device'
   else:
-    peak, source = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'rss'
-  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak, source = peak_rss_mb(), 'rss'
+  rss = peak_rss_mb()
   mfu = gflop / step_s / (FLAGS.peak_tflops * 1e3) if FLAGS.peak_tflops else None
   return {'T': t, 'batch': FLAGS.batch, 'compile_s': round(compile_s, 2),
           'step_s': round(step_s, 4),

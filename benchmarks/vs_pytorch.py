@@ -21,12 +21,12 @@ side builds its networks in JAX and never imports torch). Inversion
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
+from common import peak_rss_mb  # pylint: disable=g-import-not-at-top
 from paper_scale import ROOT, batch_arrays, jax_world, step_config, torch_world  # benchmarks/ on sys.path
 
 import jax  # pylint: disable=g-import-not-at-top
@@ -155,7 +155,7 @@ def run_side(args, side):
                  b['tm'], args.iters, args.loss_iterations)
   step_s = time_calls([f], 2)[0]
   return {'side': side, 'step_s': step_s,
-          'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+          'peak_rss_mb': peak_rss_mb()}
 
 
 def main():
