@@ -133,6 +133,37 @@ def test_error_corrupt_and_missing_file(tmp_path, capsys):
   assert not (tmp_path / 'o').exists()
 
 
+class _Payload:
+  """Unpickling it creates the file at ``path``: code running from a checkpoint."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def __reduce__(self):
+    return (open, (self.path, 'w'))
+
+
+def test_malicious_pickle_does_not_run_unless_trusted(ckpt_file, tmp_path, capsys):
+  marker = tmp_path / 'ran'
+  src = tmp_path / 'evil.pt'
+  torch.save({'g_ema': ckpt_file[0].state_dict(), 'payload': _Payload(str(marker))}, src)
+  assert convert_main(['stylegan2', str(src), str(tmp_path / 'o')]) == 1
+  err = capsys.readouterr().err
+  assert not marker.exists()
+  assert str(src) in err and '--trust_checkpoint' in err and 'refused to unpickle' in err
+  assert not (tmp_path / 'o').exists()
+  # The explicit opt-in loads the whole pickle (and so runs its code).
+  assert convert_main(['stylegan2', str(src), str(tmp_path / 'o'), '--trust_checkpoint']) == 0
+  assert marker.exists()
+
+
+def test_training_args_namespace_is_allowed(ckpt_file, tmp_path):
+  import argparse
+  src = tmp_path / 'rosinality.pt'  # train.py of rosinality's port saves its args
+  torch.save({'g_ema': ckpt_file[0].state_dict(), 'args': argparse.Namespace(size=32)}, src)
+  assert convert_main(['stylegan2', str(src), str(tmp_path / 'o')]) == 0
+
+
 def test_missing_torch_gives_install_hint(monkeypatch):
   monkeypatch.setitem(sys.modules, 'torch', None)
   with pytest.raises(ImportError, match=r'interestyle_jax\[torch\]'):

@@ -5,7 +5,7 @@ import importlib
 import sys
 
 from interestyle_jax import artifacts
-from interestyle_jax.convert.common import ConversionError
+from interestyle_jax.convert.common import ConversionError, trust_checkpoints
 
 # kind -> (module, help). Each module exposes ``convert(src, dst, overwrite, **extra)``.
 CONVERTERS = {
@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('src', help='PyTorch checkpoint file')
     p.add_argument('dst', help='output directory (must not exist)')
     p.add_argument('--overwrite', action='store_true', help='replace an existing DST')
+    p.add_argument('--trust_checkpoint', action='store_true',
+                   help='unpickle SRC in full (can run code in the file); by default only '
+                        'tensors and plain containers are read')
     mod = importlib.import_module(module)
     if hasattr(mod, 'add_arguments'):
       mod.add_arguments(p)
@@ -43,11 +46,13 @@ def main(argv=None) -> int:
   """Runs the converter CLI; returns the process exit code."""
   args = build_parser().parse_args(argv)
   module = importlib.import_module(CONVERTERS[args.kind][0])
-  extra = {k: v for k, v in vars(args).items() if k not in ('kind', 'src', 'dst', 'overwrite')}
+  extra = {k: v for k, v in vars(args).items() if k not in ('kind', 'src', 'dst', 'overwrite',
+                                                       'trust_checkpoint')}
   try:
     # Refuse an existing DST before spending minutes reading the source.
     artifacts.check_destination(args.dst, args.overwrite)
-    out = module.convert(args.src, args.dst, overwrite=args.overwrite, **extra)
+    with trust_checkpoints(args.trust_checkpoint):
+      out = module.convert(args.src, args.dst, overwrite=args.overwrite, **extra)
   except (ConversionError, FileExistsError, FileNotFoundError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -3,6 +3,10 @@
 Torch is imported lazily, only when a ``.pt``/``.pth`` file must be read.
 """
 
+import argparse
+import contextlib
+import contextvars
+import pickle
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import flax
@@ -33,22 +37,74 @@ def require_torch():
   return torch
 
 
+# Whether load_torch_checkpoint may unpickle arbitrary objects (run code).
+_TRUST = contextvars.ContextVar('trust_checkpoint', default=False)
+# Non-tensor objects the published checkpoints hold: rosinality's StyleGAN2
+# .pt stores its training ``args`` (an argparse.Namespace).
+SAFE_GLOBALS = (argparse.Namespace,)
+
+
+@contextlib.contextmanager
+def trust_checkpoints(trust: bool = True):
+  """Within the block, checkpoints are unpickled in full (``--trust_checkpoint``).
+
+  Args:
+    trust: False keeps the safe loader.
+
+  Yields:
+    None.
+  """
+  token = _TRUST.set(bool(trust))
+  try:
+    yield
+  finally:
+    _TRUST.reset(token)
+
+
 def load_torch_checkpoint(path_or_obj: Union[str, Mapping[str, Any]]) -> Mapping[str, Any]:
   """Loads a PyTorch checkpoint file (or passes a loaded dict through).
+
+  The file is read with ``torch.load(weights_only=True)``: tensors, plain
+  containers and :data:`SAFE_GLOBALS` only, so a checkpoint downloaded from
+  the internet cannot run code when it is converted. Inside
+  :func:`trust_checkpoints` (the CLI's ``--trust_checkpoint``) any pickle is
+  loaded.
 
   Args:
     path_or_obj: path to a ``.pt``/``.pth`` file, or an already loaded dict.
 
   Returns:
     The loaded object (a dict).
+
+  Raises:
+    ConversionError: unreadable file, not a dict, or (safe mode) a pickle
+      that holds other Python objects.
   """
   if isinstance(path_or_obj, Mapping):
     return path_or_obj
   torch = require_torch()
+  trust = _TRUST.get()
   try:
-    obj = torch.load(path_or_obj, map_location='cpu', weights_only=False)
+    if trust:
+      obj = torch.load(path_or_obj, map_location='cpu', weights_only=False)
+    else:
+      with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        obj = torch.load(path_or_obj, map_location='cpu', weights_only=True)
   except FileNotFoundError:
     raise
+  except pickle.UnpicklingError as e:
+    # Garbage bytes fail the safe unpickler too ('Unsupported operand');
+    # only a refused global means Python objects.
+    if trust or 'Unsupported global' not in str(e):
+      raise ConversionError(f'{path_or_obj}: not a readable PyTorch checkpoint '
+                            f'(UnpicklingError: {e})') from e
+    detail = str(e).split('\n')
+    detail = next((l.strip() for l in detail if 'GLOBAL' in l or 'Unsupported' in l),
+                  detail[0].strip())
+    raise ConversionError(
+        f'{path_or_obj}: refused to unpickle it ({detail}). Besides tensors it holds Python '
+        'objects, and loading those can run arbitrary code. If you trust where the file '
+        'comes from, re-run with --trust_checkpoint.') from e
   except Exception as e:  # torch raises many types for a corrupt file
     raise ConversionError(f'{path_or_obj}: not a readable PyTorch checkpoint '
                           f'({type(e).__name__}: {e})') from e
