@@ -1,11 +1,17 @@
 """Timing helpers shared by the benchmark scripts."""
 
+import os
 import resource
+import sys
 import time
 
-import jax
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script from a checkout without installing
+  sys.path.insert(0, ROOT)
 
-from interestyle_jax.ops import xla_options
+import jax  # pylint: disable=g-import-not-at-top
+
+from interestyle_jax.ops import xla_options  # pylint: disable=g-import-not-at-top
 
 
 def peak_rss_mb() -> float:

@@ -40,7 +40,7 @@ class World:
 
 
 def step_config(n_iters: int, loss_iterations: str = 'all', axis_name: Optional[str] = 'batch',
-                unroll: bool = True, dtype: str = 'float32',
+                unroll: bool = False, dtype: str = 'float32',
                 noise_mode: str = 'const') -> step_lib.StepConfig:
   """The measured step: L2 only, InD off, σ = 0 (the filter is the identity).
 

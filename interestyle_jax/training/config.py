@@ -47,7 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.profile_steps = 0  # Steps traced by clu's Profile hook (0 = no profiling).
   c.dtype = 'float32'  # Train-step compute dtype: 'float32' or 'bfloat16' (params, optimizer, losses stay float32).
   c.remat = False  # Recompute generator blocks in the backward pass (less memory, one more G forward).
-  c.scan_unroll = 'auto'  # Unroll the T-iteration scan: 'auto' (on CPU, where XLA needs it), 'yes', 'no'.
+  c.scan_unroll = 'auto'  # Unroll the T-iteration scan: 'auto' (rolled: faster, flat memory), 'yes', 'no'.
 
   c.model = ml_collections.ConfigDict()
   c.model.generator_path = ''  # `convert stylegan2` dir; '' = the synthetic world's generator.

@@ -66,7 +66,7 @@ class StepConfig:
   encoder_size: int = 256
   train_noise_mode: str = 'random'
   axis_name: Optional[str] = 'batch'
-  unroll_scan: bool = True
+  unroll_scan: bool = False
   dtype: str = 'float32'
 
   def __post_init__(self):
@@ -107,23 +107,25 @@ def scan_unroll(setting: str) -> bool:
   its fast kernels take (every weight gradient, every input gradient with
   JAX's swapped kernel dimensions) into that form only in the entry
   computation, not inside a while loop's body, and the leftovers run as naive
-  loops. A rolled ``lax.scan`` whose body takes gradients thus made the paper
-  step 4–10x slower on CPU (261 of 387 convolutions at T = 1 left
-  non-canonical, 42 when unrolled). Unrolling was the first fix; the models
-  now use :func:`interestyle_jax.ops.conv.canonical_conv`, whose gradients are
-  canonical in a rolled loop too (tested), so unrolling is kept on CPU as the
-  measured configuration (``benchmarks/vs_pytorch.py``), not as a necessity.
-  With ``unroll=True`` the scan is still one ``lax.scan``. On GPUs and TPUs a
-  rolled loop compiles T times faster.
+  loops: a rolled ``lax.scan`` made the paper step 4–10x slower on CPU, and
+  unrolling was the first fix. The models now use
+  :func:`interestyle_jax.ops.conv.canonical_conv`, whose gradients are
+  canonical in a rolled loop too (tested), and the rolled loop is the better
+  program everywhere: paper step at T = 5 on a 2-core CPU 24.3 s rolled
+  against 26.4 s unrolled, compile 34 s against 90 s, and peak memory flat in
+  T (XLA temp 2.4 GB rolled; 2.3/3.5/5.1 GB at T = 1/3/5 unrolled, where XLA
+  keeps several iterations' buffers live); the 32 px synthetic step is as
+  fast and compiles in 20 s instead of 30 s (``benchmarks/train_step.py``).
+  'auto' therefore rolls; either way the iterations are one ``lax.scan``.
 
   Args:
-    setting: 'auto' (unroll on CPU only), 'yes' or 'no'.
+    setting: 'auto' (rolled), 'yes' or 'no'.
 
   Returns:
     True to unroll.
   """
   if setting == 'auto':
-    return jax.default_backend() == 'cpu'
+    return False
   if setting not in ('yes', 'no'):
     raise ValueError(f"scan_unroll must be 'auto', 'yes' or 'no', got {setting!r}")
   return setting == 'yes'
