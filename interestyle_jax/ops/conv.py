@@ -83,6 +83,14 @@ def _pads(padding: Padding, kernel, strides, in_shape, lhs_dilation):
   return _explicit_padding(padding, kernel, strides, dilated)
 
 
+def _dilate(x, lhs_dilation):
+  """Inserts ``d - 1`` zeros between the spatial samples of NHWC ``x``."""
+  if all(d == 1 for d in lhs_dilation):
+    return x
+  return lax.pad(x, jnp.zeros((), x.dtype),
+                 [(0, 0, 0)] + [(0, 0, d - 1) for d in lhs_dilation] + [(0, 0, 0)])
+
+
 def _lax_conv(x, w, strides, pads, lhs_dilation=(1, 1), rhs_dilation=(1, 1)):
   """NHWC/HWIO ``lax.conv_general_dilated`` with negative padding as a crop.
 
@@ -91,9 +99,7 @@ def _lax_conv(x, w, strides, pads, lhs_dilation=(1, 1), rhs_dilation=(1, 1)):
   so negative padding is applied as a slice first.
   """
   if any(d != 1 for d in lhs_dilation) and any(lo < 0 or hi < 0 for lo, hi in pads):
-    x = lax.pad(x, jnp.zeros((), x.dtype),
-                [(0, 0, 0)] + [(0, 0, d - 1) for d in lhs_dilation] + [(0, 0, 0)])
-    lhs_dilation = (1, 1)
+    x, lhs_dilation = _dilate(x, lhs_dilation), (1, 1)
   starts = [0] + [max(0, -lo) for lo, _ in pads] + [0]
   limits = [x.shape[0]] + [n - max(0, -hi) for n, (_, hi) in zip(x.shape[1:3], pads)] + [x.shape[3]]
   if starts != [0] * 4 or limits != list(x.shape):
@@ -163,17 +169,13 @@ def _nhwc_conv(x, w, strides, pads, lhs_dilation):
   return _lax_conv(x, w, strides, pads, lhs_dilation)
 
 
-def _canonical_fwd(x, w, strides, pads, lhs_dilation):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, w, strides, pads, lhs_dilation):
   return _nhwc_conv(x, w, strides, pads, lhs_dilation)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x, w, strides, pads, lhs_dilation):
-  return _canonical_fwd(x, w, strides, pads, lhs_dilation)
-
-
 def _conv_fwd(x, w, strides, pads, lhs_dilation):
-  return _canonical_fwd(x, w, strides, pads, lhs_dilation), (x, w)
+  return _nhwc_conv(x, w, strides, pads, lhs_dilation), (x, w)
 
 
 def _conv_bwd(strides, pads, lhs_dilation, res, dy):
@@ -196,10 +198,7 @@ def _conv_bwd(strides, pads, lhs_dilation, res, dy):
   # as the features, correlated with the output gradient as a [ho, wo, B, O]
   # kernel dilated by the stride; the far padding is trimmed so exactly kh x kw
   # taps come out.
-  xd = x
-  if any(d != 1 for d in lhs_dilation):
-    xd = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(0, 0, d - 1) for d in lhs_dilation]
-                 + [(0, 0, 0)])
+  xd = _dilate(x, lhs_dilation)
   dw_pads = []
   for n, s, k, o, (pl, ph) in zip(xd.shape[1:3], strides, (kh, kw), (ho, wo), pads):
     span = (o - 1) * s + 1
