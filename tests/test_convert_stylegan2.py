@@ -129,7 +129,7 @@ def test_error_corrupt_and_missing_file(tmp_path, capsys):
   bad.write_bytes(b'not a checkpoint')
   assert convert_main(['stylegan2', str(bad), str(tmp_path / 'o')]) == 1
   assert 'not a readable PyTorch checkpoint' in capsys.readouterr().err
-  assert convert_main(['stylegan2', str(tmp_path / 'nope.pt'), str(tmp_path / 'o')]) == 1
+  assert convert_main(['stylegan2', str(tmp_path / 'nope.pt'), str(tmp_path / 'o')]) == 2  # missing SRC
   assert not (tmp_path / 'o').exists()
 
 
@@ -177,3 +177,161 @@ def test_loading_wrong_kind_is_explained(tmp_path):
     load_stylegan2(str(tmp_path / 'x'))
   with pytest.raises(artifacts.ArtifactError, match='no model.json'):
     load_stylegan2(str(tmp_path))
+
+
+# --- unusable paths: one line, exit 2, before anything is read ----------------
+
+
+def _never_read(monkeypatch):
+  """Makes reading a checkpoint fail the test: path errors must come first."""
+  def fail(*a, **k):
+    raise AssertionError('the checkpoint was read before the paths were checked')
+  monkeypatch.setattr(common, 'load_torch_checkpoint', fail)
+  from interestyle_jax.convert import stylegan2
+  monkeypatch.setattr(stylegan2, 'load_torch_checkpoint', fail)
+
+
+def _one_line_error(capsys, *parts):
+  err = capsys.readouterr().err
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), err
+  for p in parts:
+    assert p in lines[0], (p, err)
+  return lines[0]
+
+
+def test_unusable_paths_fail_fast_in_one_line(ckpt_file, tmp_path, monkeypatch, capsys):
+  src = ckpt_file[1]
+  _never_read(monkeypatch)
+  as_file = tmp_path / 'model.flax'
+  as_file.write_text('x')
+  assert convert_main(['stylegan2', src, str(as_file)]) == 2
+  _one_line_error(capsys, str(as_file), 'is an existing file', 'new directory path')
+  assert as_file.read_text() == 'x'
+  # --overwrite replaces model directories, never a file.
+  assert convert_main(['stylegan2', src, str(as_file), '--overwrite']) == 2
+  _one_line_error(capsys, 'is an existing file')
+  # A file where a parent directory should be.
+  dst = as_file / 'sub' / 'out'
+  assert convert_main(['stylegan2', src, str(dst)]) == 2
+  _one_line_error(capsys, str(dst), f'{as_file} is a file, not a directory')
+  # Input files are checked too.
+  assert convert_main(['stylegan2', str(tmp_path / 'nope.pt'), str(tmp_path / 'o')]) == 2
+  _one_line_error(capsys, str(tmp_path / 'nope.pt'), 'does not exist')
+  assert convert_main(['lpips', src, str(tmp_path / 'o'), '--alexnet', str(tmp_path)]) == 2
+  _one_line_error(capsys, f'--alexnet {tmp_path} is a directory')
+  assert not (tmp_path / 'o').exists()
+
+
+def test_read_only_location_fails_fast(ckpt_file, tmp_path, monkeypatch, capsys):
+  src = ckpt_file[1]
+  ro = tmp_path / 'ro'
+  ro.mkdir()
+  dst = ro / 'ckpt' / 'stylegan2'  # missing parents under a read-only folder
+  if os.geteuid() == 0:
+    # root writes through permission bits: a read-only mount is what stops it.
+    import tempfile
+
+    def read_only(*a, dir=None, **k):
+      raise PermissionError(30, 'Read-only file system', dir)
+    monkeypatch.setattr(tempfile, 'mkdtemp', read_only)
+  else:
+    ro.chmod(0o555)
+  _never_read(monkeypatch)
+  try:
+    assert convert_main(['stylegan2', src, str(dst)]) == 2
+  finally:
+    ro.chmod(0o755)
+  _one_line_error(capsys, str(dst), f'{ro} is not writable', 'choose a writable location')
+  assert os.listdir(ro) == []
+
+
+def test_missing_parents_are_created(ckpt_file, tmp_path):
+  """The README's `ckpt/...` destinations work on a fresh checkout."""
+  dst = tmp_path / 'ckpt' / 'deeper' / 'stylegan2-ffhq'
+  assert convert_main(['stylegan2', ckpt_file[1], str(dst)]) == 0
+  assert (dst / 'model.json').is_file()
+  # The write check leaves nothing behind.
+  assert os.listdir(dst.parent) == ['stylegan2-ffhq']
+
+
+def test_cli_path_error_is_one_line_in_a_fresh_process(ckpt_file, tmp_path):
+  import subprocess
+  target = tmp_path / 'taken'
+  target.write_text('')
+  out = subprocess.run([sys.executable, '-m', 'interestyle_jax.convert', 'stylegan2',
+                        ckpt_file[1], str(target)], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert out.returncode == 2, out.stderr
+  lines = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
+  assert len(lines) == 1 and str(target) in lines[0]
+  assert 'Traceback' not in out.stderr
+
+
+def test_failed_write_leaves_no_output(ckpt_file, tmp_path, monkeypatch, capsys):
+  """A write that dies half-way (disk full) leaves neither DST nor its partial sibling."""
+  from interestyle_jax import artifacts
+  src = ckpt_file[1]
+  kept = tmp_path / 'kept'
+  assert convert_main(['stylegan2', src, str(kept)]) == 0
+  before = sorted(p.relative_to(kept) for p in kept.rglob('*'))
+
+  class DiskFull:
+    def save(self, path, tree):
+      os.makedirs(path)
+      with open(os.path.join(path, 'half'), 'w') as f:
+        f.write('x')
+      raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(artifacts, '_local_checkpointer', DiskFull)
+  assert convert_main(['stylegan2', src, str(tmp_path / 'new')]) == 1
+  assert 'No space left on device' in capsys.readouterr().err
+  assert convert_main(['stylegan2', src, str(kept), '--overwrite']) == 1
+  assert sorted(os.listdir(tmp_path)) == ['kept']  # no 'new', no .partial-*
+  assert sorted(p.relative_to(kept) for p in kept.rglob('*')) == before  # old model intact
+
+
+# --- NaN / inf tensors: converted as they are, with a warning naming them -----
+
+
+def test_non_finite_tensors_are_named(ckpt_file, tmp_path, caplog, capsys):
+  ref = ckpt_file[0]
+  sd = {k: v.clone() for k, v in ref.state_dict().items()}
+  sd['conv1.conv.weight'].view(-1)[:3] = float('nan')
+  sd['to_rgbs.0.bias'].view(-1)[0] = float('inf')
+  latent_avg = torch.zeros(SD)
+  latent_avg[5] = float('-inf')
+  src = tmp_path / 'diverged.pt'
+  torch.save({'g_ema': sd, 'latent_avg': latent_avg}, src)
+  n_conv1 = sd['conv1.conv.weight'].numel()
+
+  with caplog.at_level('WARNING', logger='interestyle_jax.convert'):
+    load_torch_stylegan2(str(src))
+  text = caplog.text
+  assert str(src) in text and '2 tensor(s) hold non-finite values' in text
+  assert f'conv1.conv.weight (3 NaN, 0 inf of {n_conv1})' in text
+  assert 'to_rgbs.0.bias (0 NaN, 1 inf of 3)' in text
+  assert f'latent_avg (0 NaN, 1 inf of {SD})' in text
+  finite = [r for r in caplog.records if 'convs.0' in r.getMessage()]
+  assert not finite  # only the tensors that hold NaN / inf are named
+
+  dst = tmp_path / 'out'
+  capsys.readouterr()
+  assert convert_main(['stylegan2', str(src), str(dst)]) == 0  # converted, not refused
+  err = capsys.readouterr().err
+  warnings = [l for l in err.splitlines() if l.startswith('warning: ')]
+  assert len(warnings) == 2, err  # the generator's tensors, then latent_avg
+  assert 'conv1.conv.weight (3 NaN' in err and str(src) in err
+
+  caplog.clear()
+  with caplog.at_level('WARNING', logger='interestyle_jax.convert'):
+    gen, v, lat = load_stylegan2(str(dst))
+  assert np.isnan(np.asarray(v['params']['conv1']['conv']['weight'])).sum() == 3
+  assert str(dst) in caplog.text and 'loaded as they are' in caplog.text
+  assert "['generator']['params']['conv1']['conv']['weight'] (3 NaN" in caplog.text
+
+
+def test_finite_checkpoint_warns_nothing(ckpt_file, caplog):
+  with caplog.at_level('WARNING', logger='interestyle_jax.convert'):
+    load_torch_stylegan2(ckpt_file[1])
+  assert not caplog.records

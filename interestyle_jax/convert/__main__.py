@@ -1,11 +1,20 @@
-"""``python -m interestyle_jax.convert KIND SRC DST``."""
+"""``python -m interestyle_jax.convert KIND SRC DST``.
+
+Exit status: 0 written; 1 the conversion failed (unreadable or mismatching
+checkpoint, DST exists without ``--overwrite``, torch missing); 2 a path on
+the command line is unusable (SRC missing, DST a file or not writable), told
+in one line before anything slow runs.
+"""
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 
 from interestyle_jax import artifacts
-from interestyle_jax.convert.common import ConversionError, trust_checkpoints
+from interestyle_jax.convert.common import (ConversionError, PathError,
+                                            check_output_location, logger, trust_checkpoints)
 
 # kind -> (module, help). Each module exposes ``convert(src, dst, overwrite, **extra)``.
 CONVERTERS = {
@@ -42,6 +51,47 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+# Arguments that name an input file, per converter (besides SRC).
+INPUT_FLAGS = {'lpips': ('alexnet',)}
+
+
+def check_paths(args) -> None:
+  """Fails fast, in one line, on input files that are missing or an unusable DST.
+
+  Args:
+    args: the parsed command line.
+
+  Raises:
+    PathError: naming the path and the fix.
+  """
+  inputs = [('SRC', args.src)] + [(f'--{f}', getattr(args, f)) for f in
+                                   INPUT_FLAGS.get(args.kind, ()) if getattr(args, f, None)]
+  for what, path in inputs:
+    if not os.path.isfile(path):
+      state = 'is a directory' if os.path.isdir(path) else 'does not exist'
+      raise PathError(f'{what} {path} {state}: give the path of the PyTorch '
+                                'checkpoint file to convert')
+  check_output_location(args.dst)
+
+
+class _StderrHandler(logging.Handler):
+  """Prints records to the *current* ``sys.stderr`` (which tests swap per call)."""
+
+  def emit(self, record):
+    try:
+      print(self.format(record), file=sys.stderr)
+    except Exception:  # pylint: disable=broad-except
+      self.handleError(record)
+
+
+def _print_warnings() -> None:
+  """Shows the converters' warnings (NaN / inf tensors) on stderr, once per process."""
+  if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+    handler = _StderrHandler(logging.WARNING)
+    handler.setFormatter(logging.Formatter('warning: %(message)s'))
+    logger.addHandler(handler)
+
+
 def main(argv=None) -> int:
   """Runs the converter CLI; returns the process exit code."""
   args = build_parser().parse_args(argv)
@@ -49,11 +99,18 @@ def main(argv=None) -> int:
   extra = {k: v for k, v in vars(args).items() if k not in ('kind', 'src', 'dst', 'overwrite',
                                                        'trust_checkpoint')}
   try:
+    # Paths first: reading and converting a 1024 px generator takes minutes.
+    check_paths(args)
+  except PathError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  _print_warnings()
+  try:
     # Refuse an existing DST before spending minutes reading the source.
     artifacts.check_destination(args.dst, args.overwrite)
     with trust_checkpoints(args.trust_checkpoint):
       out = module.convert(args.src, args.dst, overwrite=args.overwrite, **extra)
-  except (ConversionError, FileExistsError, FileNotFoundError, ImportError) as e:
+  except (ConversionError, OSError, ImportError) as e:  # OSError: e.g. disk full
     print(f'error: {e}', file=sys.stderr)
     return 1
   print(f'wrote {out}')

@@ -6,8 +6,11 @@ Torch is imported lazily, only when a ``.pt``/``.pth`` file must be read.
 import argparse
 import contextlib
 import contextvars
+import logging
+import os
 import pickle
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
+import tempfile
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import flax
 import numpy as np
@@ -24,8 +27,114 @@ TORCH_HINT = ('PyTorch is needed to read .pt/.pth checkpoints: install the '
               '(or `pip install torch==2.13.0`)')
 
 
+# Warnings (non-finite tensors) go through Python logging so that library
+# users can silence or capture them; the CLI prints them to stderr.
+logger = logging.getLogger('interestyle_jax.convert')
+# At most this many tensors are named in one non-finite warning.
+MAX_NAMED = 12
+
+
 class ConversionError(ValueError):
   """A checkpoint does not match the architecture it is converted to."""
+
+
+class PathError(ValueError):
+  """A path given to the converter is unusable (checked before converting)."""
+
+
+def _nearest_existing(path: str) -> str:
+  """``path`` or its closest ancestor that exists."""
+  while not os.path.lexists(path):
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return path
+
+
+def check_output_location(dst: str) -> str:
+  """Checks, before any slow work, that a model directory can be written at ``dst``.
+
+  Missing parent directories are fine (they are created when writing, as
+  the README's ``ckpt/...`` destinations need on a fresh checkout); what is
+  refused is a destination that can never be written: an existing file (or
+  a dangling link) at ``dst``, a file where a parent directory should be,
+  or a nearest existing ancestor this process cannot create entries in
+  (read-only file system, no permission). Whether an existing *directory*
+  may be replaced is ``artifacts.check_destination``'s business.
+
+  Args:
+    dst: the output directory as given.
+
+  Returns:
+    The absolute path.
+
+  Raises:
+    PathError: with a one-line message naming the path and the fix.
+  """
+  path = os.path.abspath(dst)
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise PathError(
+        f'output {dst} is an existing file, not a directory: the converter writes a model '
+        f'directory (model.json + variables/); give a new directory path, e.g. {dst}.flax')
+  anchor = _nearest_existing(os.path.dirname(path))
+  if not os.path.isdir(anchor):
+    raise PathError(
+        f'cannot create output {dst}: {anchor} is a file, not a directory; choose an '
+        'output path whose parents are directories')
+  try:
+    # Creating (and removing) an entry is the only test that also covers
+    # read-only mounts and root on a permission-less file system.
+    os.rmdir(tempfile.mkdtemp(prefix='.interestyle-write-check-', dir=anchor))
+  except OSError as e:
+    raise PathError(
+        f'cannot write output {dst}: {anchor} is not writable ({e.strerror}); choose a '
+        'writable location (e.g. under your home directory) or fix its permissions') from e
+  return path
+
+
+def non_finite_entries(named_arrays: Iterable[Tuple[str, Any]]
+                       ) -> List[Tuple[str, int, int, int]]:
+  """Floating-point arrays holding NaN or ±inf.
+
+  Args:
+    named_arrays: ``(name, array)`` pairs (numpy or array-likes).
+
+  Returns:
+    ``(name, n_nan, n_inf, size)`` for each array with a non-finite value.
+  """
+  out = []
+  for name, arr in named_arrays:
+    arr = np.asarray(arr)
+    if not np.issubdtype(arr.dtype, np.floating) or np.isfinite(arr).all():
+      continue
+    n_nan = int(np.isnan(arr).sum())
+    out.append((name, n_nan, int(np.isinf(arr).sum()), int(arr.size)))
+  return out
+
+
+def warn_non_finite(source: str, entries: List[Tuple[str, int, int, int]],
+                    when: str = 'converted') -> None:
+  """Logs one warning naming every tensor with NaN/inf values (none: no-op).
+
+  A checkpoint from a diverged run (or a corrupt download) converts without
+  error, and its NaNs would then silently turn every output into NaN.
+
+  Args:
+    source: the file or directory the tensors come from.
+    entries: from :func:`non_finite_entries`.
+    when: 'converted' or 'loaded', for the message.
+  """
+  if not entries:
+    return
+  named = [f'{name} ({n_nan} NaN, {n_inf} inf of {size})'
+           for name, n_nan, n_inf, size in entries[:MAX_NAMED]]
+  if len(entries) > MAX_NAMED:
+    named.append(f'and {len(entries) - MAX_NAMED} more')
+  logger.warning(
+      '%s: %d tensor(s) hold non-finite values, %s as they are (outputs computed from '
+      'them will be NaN): %s. The checkpoint is corrupt or from a diverged run; '
+      're-download or re-export it.', source, len(entries), when, '; '.join(named))
 
 
 def require_torch():
@@ -134,8 +243,12 @@ def sub_state_dict(sd: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
 
 def assign_state_dict(template: Mapping[str, Any], sd: Mapping[str, Any],
                       mapper: KeyMapper, what: str,
-                      source: Optional[str] = None) -> Dict[str, Any]:
+                      source: Optional[str] = None,
+                      check_finite: bool = True) -> Dict[str, Any]:
   """Fills a Flax variable tree from a state dict, checking every key and shape.
+
+  Tensors holding NaN or inf are converted as they are, with a warning that
+  names them (:func:`warn_non_finite`).
 
   Args:
     template: nested dict of arrays or ShapeDtypeStructs (e.g. from
@@ -144,6 +257,7 @@ def assign_state_dict(template: Mapping[str, Any], sd: Mapping[str, Any],
     mapper: maps each (key, numpy array) to (flax path, array), IGNORE or None.
     what: architecture name for error messages.
     source: file name for error messages.
+    check_finite: warn about NaN / inf tensors.
 
   Returns:
     A nested dict with the same structure as ``template`` holding numpy arrays.
@@ -154,6 +268,7 @@ def assign_state_dict(template: Mapping[str, Any], sd: Mapping[str, Any],
   """
   expected = flax.traverse_util.flatten_dict(_unfreeze(template))
   filled: Dict[Path, np.ndarray] = {}
+  torch_keys: Dict[Path, str] = {}
   unexpected, mismatched = [], []
   mismatched_paths = set()
   for key, value in sd.items():
@@ -176,6 +291,7 @@ def assign_state_dict(template: Mapping[str, Any], sd: Mapping[str, Any],
       mismatched_paths.add(path)
       continue
     filled[path] = arr.astype(expected[path].dtype)
+    torch_keys[path] = str(key)
   missing = ['/'.join(p) for p in expected if p not in filled and p not in mismatched_paths]
   if missing or unexpected or mismatched:
     lines = [f'{source + ": " if source else ""}checkpoint does not match the {what} '
@@ -187,6 +303,9 @@ def assign_state_dict(template: Mapping[str, Any], sd: Mapping[str, Any],
         lines.extend(f'    {x}' for x in items)
     lines.append('Is this the right kind of checkpoint for this converter?')
     raise ConversionError('\n'.join(lines))
+  if check_finite:
+    warn_non_finite(source or what, non_finite_entries(
+        (torch_keys[p], a) for p, a in filled.items()))
   return flax.traverse_util.unflatten_dict(filled)
 
 

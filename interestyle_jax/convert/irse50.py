@@ -19,7 +19,7 @@ import numpy as np
 from interestyle_jax import artifacts
 from interestyle_jax.convert.backbones import arcface_mapper, infer_backbone
 from interestyle_jax.convert.common import (ConversionError, assign_state_dict,
-                                            load_torch_checkpoint)
+                                            check_output_location, load_torch_checkpoint)
 from interestyle_jax.models.arcface import ArcFace
 from interestyle_jax.models.encoder import BackboneEncoder
 
@@ -127,8 +127,9 @@ def encoder_init_from_arcface(config: Dict[str, Any], variables: Mapping[str, An
          'batch_stats': {'backbone': jax.tree_util.tree_map(
              np.asarray, variables['batch_stats']['backbone'])}}
   # The result must fit the encoder exactly (same trunk, widened input conv).
+  # (No NaN check here: the ArcFace part was checked when it was converted.)
   assign_state_dict(template, _flat_items(out), lambda k, a: (k, a), 'ReStyle encoder',
-                    'encoder init')
+                    'encoder init', check_finite=False)
   return enc_config, out
 
 
@@ -211,6 +212,7 @@ def convert(src: str, dst: str, overwrite: bool = False, n_styles: Optional[int]
   Returns:
     The output path.
   """
+  check_output_location(dst)  # before the slow part
   config, variables = convert_state_dict(load_torch_checkpoint(src), src)
   if n_styles is None:
     meta = {'kind': KIND, 'arcface': config, 'source': str(src)}

@@ -15,7 +15,7 @@ import numpy as np
 from interestyle_jax import artifacts
 from interestyle_jax.convert.backbones import leaf, merge_errors
 from interestyle_jax.convert.common import (IGNORE, ConversionError, assign_state_dict,
-                                            load_torch_checkpoint)
+                                            check_output_location, load_torch_checkpoint)
 from interestyle_jax.models.lpips import ALEXNET_CHANNELS, KIND, LPIPS
 
 
@@ -112,6 +112,7 @@ def convert(src: str, dst: str, overwrite: bool = False, alexnet: str = None) ->
   if not alexnet:
     raise ConversionError('convert lpips needs the AlexNet trunk: pass --alexnet PATH '
                           '(torchvision alexnet state dict)')
+  check_output_location(dst)  # before the slow part
   lin_sd, alex_sd = load_torch_checkpoint(src), load_torch_checkpoint(alexnet)
   config, variables = convert_state_dicts(lin_sd, alex_sd, src, alexnet)
   meta: Dict[str, Any] = {'kind': KIND, 'lpips': config, 'source': str(src),

@@ -26,7 +26,9 @@ from interestyle_jax import artifacts
 from interestyle_jax.convert import stylegan2 as sg2
 from interestyle_jax.convert.backbones import encoder_mapper, infer_encoder, merge_errors
 from interestyle_jax.convert.common import (ConversionError, assign_state_dict,
-                                            load_torch_checkpoint, sub_state_dict, to_numpy)
+                                            check_output_location, load_torch_checkpoint,
+                                            non_finite_entries, sub_state_dict, to_numpy,
+                                            warn_non_finite)
 from interestyle_jax.models.encoder import BackboneEncoder
 
 KIND = 'restyle'
@@ -129,6 +131,7 @@ def convert_checkpoint(ckpt: Mapping[str, Any], source: str = 'checkpoint'
     raise ConversionError(f'{source}: encoder predicts {enc_config["n_styles"]} styles, '
                           f'the {gen_config["resolution"]} px generator takes {n_gen}')
   latent_avg = _latent_avg(ckpt.get('latent_avg'), n_gen, gen_config['style_dim'], source)
+  warn_non_finite(source, non_finite_entries([('latent_avg', latent_avg)]))
   opts = json_options(ckpt.get('opts'))
   meta = {'kind': KIND, 'encoder': enc_config, 'generator': gen_config,
           'encoder_size': size, 'n_iters': int(opts.get('n_iters_per_batch', 5)),
@@ -162,5 +165,6 @@ def convert(src: str, dst: str, overwrite: bool = False) -> str:
   Returns:
     The output path.
   """
+  check_output_location(dst)  # before the slow part
   meta, tree = convert_checkpoint(load_torch_checkpoint(src), src)
   return artifacts.save_artifact(dst, tree, meta, overwrite=overwrite)

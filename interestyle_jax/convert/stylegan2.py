@@ -8,7 +8,9 @@ import numpy as np
 
 from interestyle_jax import artifacts
 from interestyle_jax.convert.common import (IGNORE, ConversionError, assign_state_dict,
-                                            count_indexed, load_torch_checkpoint, to_numpy)
+                                            check_output_location, count_indexed,
+                                            load_torch_checkpoint, non_finite_entries,
+                                            to_numpy, warn_non_finite)
 from interestyle_jax.models.stylegan2 import Generator, n_styles_for
 from interestyle_jax.ops import make_kernel
 
@@ -37,6 +39,7 @@ def generator_state_dict(ckpt: Mapping[str, Any], source: str = 'checkpoint'):
         f'state dict with "style.*" keys; top-level keys are: {keys}')
   if latent_avg is not None:
     latent_avg = to_numpy(latent_avg)
+    warn_non_finite(source, non_finite_entries([('latent_avg', latent_avg)]))
   return sd, latent_avg
 
 
@@ -163,6 +166,7 @@ def convert(src: str, dst: str, overwrite: bool = False) -> str:
   Returns:
     The output path.
   """
+  check_output_location(dst)  # before the slow part
   ckpt = load_torch_checkpoint(src)
   sd, latent_avg = generator_state_dict(ckpt, src)
   config, variables = convert_state_dict(sd, src)
@@ -186,5 +190,11 @@ def load_stylegan2(path: str):
     (or ``[n_styles, D]``) or None when the source had none.
   """
   meta, tree = artifacts.load_artifact(path, expected_kind=KIND)
+  # A directory converted before the conversion-time warning existed (or
+  # edited since) may hold NaNs; one host-side pass over the arrays is
+  # cheap next to reading them from disk.
+  warn_non_finite(path, non_finite_entries(
+      (jax.tree_util.keystr(k), v) for k, v in jax.tree_util.tree_leaves_with_path(tree)),
+                  when='loaded')
   gen = Generator(**meta['generator'])
   return gen, tree['generator'], tree.get('latent_avg')
