@@ -6,16 +6,24 @@ A directory written by ``python -m interestyle_jax.convert …`` looks like::
       model.json      # {"kind": "stylegan2", "format_version": 1, ...}
       variables/      # Orbax (StandardCheckpointer) tree of arrays
 
-Writing goes to a hidden sibling directory that is renamed into place only once
+Writing goes to a hidden sibling directory
+(``.DST.partial-<host>-<pid>-<random>``) that is renamed into place only once
 everything is on disk, so a failed or interrupted write leaves no partial DST.
-Reading needs neither torch nor the process that wrote it.
+A failed write removes its own sibling; one left by a killed writer is removed
+by the next write into the same parent folder (see :func:`remove_stale_partials`).
+Reading needs neither torch nor the process that wrote it; a damaged directory
+(unreadable ``model.json``, truncated arrays) raises :class:`ArtifactError`.
 """
 
 import json
 import os
+import re
 import shutil
+import socket
+import sys
+import time
 import uuid
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -59,6 +67,109 @@ class ArtifactError(ValueError):
   """A model directory is missing, incomplete or of the wrong kind."""
 
 
+# A writer whose liveness cannot be checked (another host, or the pre-pid name
+# format) is presumed dead once its directory has not changed for this long: no
+# model write takes a day, and a live one keeps touching its files.
+STALE_AFTER_S = 24 * 3600
+_PARTIAL_RE = re.compile(r'^\.(?P<name>.+)\.partial-(?:(?P<host>[A-Za-z0-9_.]+)-(?P<pid>[0-9]+)-)?'
+                         r'(?P<token>[0-9a-f]{8})(?:\.old)?$')
+
+
+def _host() -> str:
+  # Only [A-Za-z0-9_.]: the name is parsed back by _PARTIAL_RE.
+  return re.sub(r'[^A-Za-z0-9_.]', '_', socket.gethostname() or 'host')
+
+
+def partial_dir_name(dst: str) -> str:
+  """The hidden sibling a write of ``dst`` goes to before its final rename.
+
+  Args:
+    dst: the output directory.
+
+  Returns:
+    ``PARENT/.NAME.partial-<host>-<pid>-<random>``: host and pid let a later
+    write tell a dead writer's leftover from a running one.
+  """
+  dst = os.path.abspath(dst)
+  return os.path.join(os.path.dirname(dst), f'.{os.path.basename(dst)}.partial-{_host()}-'
+                                            f'{os.getpid()}-{uuid.uuid4().hex[:8]}')
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # EPERM: it exists, owned by someone else
+    return True
+  return True
+
+
+def _newest_mtime(path: str) -> float:
+  newest = os.lstat(path).st_mtime
+  for root, dirs, files in os.walk(path):
+    for name in dirs + files:
+      try:
+        newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+      except OSError:  # removed meanwhile
+        pass
+  return newest
+
+
+def remove_stale_partials(parent: str, now: Optional[float] = None) -> List[str]:
+  """Cleans up after writers that were killed in ``parent``.
+
+  A write that is killed (SIGKILL, power loss) cannot clean up after itself;
+  its ``.NAME.partial-…`` sibling stays. One is stale when its writer ran on
+  this host and that process no longer exists, or, when that cannot be checked
+  (another host sharing the folder, or an old-style name without a pid), when
+  nothing in it changed for :data:`STALE_AFTER_S` seconds. Stale ones are
+  deleted, except a ``….old`` directory whose ``NAME`` is missing: the writer
+  died between moving the previous model aside and moving the new one in, so
+  the previous model is put back. Directories of live writers (this process
+  included) are left alone.
+
+  Args:
+    parent: the folder holding model directories.
+    now: the current time (default ``time.time()``).
+
+  Returns:
+    The paths removed or restored.
+  """
+  now = time.time() if now is None else now
+  try:
+    names = os.listdir(parent)
+  except OSError:
+    return []
+  cleaned = []
+  for name in sorted(names):
+    m = _PARTIAL_RE.match(name)
+    path = os.path.join(parent, name)
+    if not m or not os.path.isdir(path) or os.path.islink(path):
+      continue
+    if m['pid'] is not None and m['host'] == _host():
+      stale = int(m['pid']) != os.getpid() and not _pid_alive(int(m['pid']))
+    else:
+      try:
+        stale = now - _newest_mtime(path) > STALE_AFTER_S
+      except OSError:
+        continue
+    if not stale:
+      continue
+    dst = os.path.join(parent, m['name'])
+    if name.endswith('.old') and not os.path.lexists(dst):
+      try:
+        os.rename(path, dst)
+        cleaned.append(path)
+        continue
+      except OSError:
+        pass  # another writer is restoring it; it is theirs now
+    shutil.rmtree(path, ignore_errors=True)
+    if not os.path.exists(path):
+      cleaned.append(path)
+  return cleaned
+
+
 def save_artifact(dst: str, tree: Dict[str, Any], meta: Dict[str, Any],
                   overwrite: bool = False) -> str:
   """Atomically writes ``tree`` (arrays) and ``meta`` (JSON) to directory ``dst``.
@@ -77,7 +188,9 @@ def save_artifact(dst: str, tree: Dict[str, Any], meta: Dict[str, Any],
   dst = check_destination(dst, overwrite)
   parent = os.path.dirname(dst)
   os.makedirs(parent, exist_ok=True)
-  tmp = os.path.join(parent, f'.{os.path.basename(dst)}.partial-{uuid.uuid4().hex[:8]}')
+  remove_stale_partials(parent)
+  tmp = partial_dir_name(dst)
+  old = tmp + '.old'
   try:
     os.makedirs(tmp)
     tree = jax.tree_util.tree_map(np.asarray, tree)
@@ -88,16 +201,43 @@ def save_artifact(dst: str, tree: Dict[str, Any], meta: Dict[str, Any],
     with open(os.path.join(tmp, META_FILE), 'w') as f:
       json.dump(dict(meta, format_version=FORMAT_VERSION), f, indent=2, sort_keys=True)
     if os.path.exists(dst):
-      old = tmp + '.old'
       os.rename(dst, old)
       os.rename(tmp, dst)
       shutil.rmtree(old, ignore_errors=True)
     else:
       os.rename(tmp, dst)
   except BaseException:
+    # Put the previous model back if the swap stopped half-way, then drop
+    # this write's own partial directory.
+    if os.path.isdir(old) and not os.path.exists(dst):
+      os.rename(old, dst)
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return dst
+
+
+def _drop_closed_loop_reports() -> None:
+  """Silences the reads a failed Orbax restore leaves in flight.
+
+  When one array of a damaged checkpoint fails, Orbax ends its event loop
+  while TensorStore still finishes the other reads; their completion callbacks
+  then find the loop closed and Python prints "RuntimeError: Event loop is
+  closed" tracebacks through ``sys.unraisablehook``, at a random later moment
+  (typically during the next load). The error was already reported as an
+  :class:`ArtifactError`; only that exact message is dropped.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, '_drops_closed_loop', False):
+    return
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed':
+      return
+    previous(unraisable)
+
+  hook._drops_closed_loop = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
 
 
 def read_meta(path: str) -> Dict[str, Any]:
@@ -117,8 +257,16 @@ def read_meta(path: str) -> Dict[str, Any]:
     raise ArtifactError(f'{path} has no {META_FILE}; it was not written by '
                         '`python -m interestyle_jax.convert` (or the write was '
                         'interrupted): convert the checkpoint again')
-  with open(meta_path) as f:
-    return json.load(f)
+  try:
+    with open(meta_path, encoding='utf-8') as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+    raise ArtifactError(f'{meta_path} cannot be read ({type(e).__name__}: {e}); the directory '
+                        'is damaged: convert or export the model again') from e
+  if not isinstance(meta, dict) or not isinstance(meta.get('kind'), str):
+    raise ArtifactError(f'{meta_path} is not a model description (expected a JSON object with '
+                        'a "kind" string); convert or export the model again')
+  return meta
 
 
 def load_artifact(path: str, expected_kind=None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -144,6 +292,18 @@ def load_artifact(path: str, expected_kind=None) -> Tuple[Dict[str, Any], Dict[s
   if not os.path.isdir(var_dir):
     raise ArtifactError(f'{path} has no {VARIABLES_DIR}/ checkpoint; convert again')
   ckptr = _local_checkpointer()
-  tree = ckptr.restore(var_dir)
-  ckptr.close()
+  try:
+    tree = ckptr.restore(var_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    # Orbax / TensorStore report truncated or missing files as ValueError,
+    # FileNotFoundError, JSONDecodeError…: all mean "damaged directory".
+    _drop_closed_loop_reports()
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ''
+    raise ArtifactError(f'{var_dir} cannot be read ({type(e).__name__}: {first}); the arrays '
+                        'are damaged or incomplete (an interrupted copy?): convert or export '
+                        'the model again') from e
+  finally:
+    ckptr.close()
+  if not isinstance(tree, dict):
+    raise ArtifactError(f'{var_dir} holds no tree of arrays; convert or export the model again')
   return meta, jax.tree_util.tree_map(jax.numpy.asarray, tree)

@@ -121,6 +121,10 @@ class Inverter:
   def from_tree(cls, meta: Mapping[str, Any], tree: Mapping[str, Any]) -> 'Inverter':
     """Builds an inverter from ``restyle`` directory contents.
 
+    The architecture in ``meta`` is checked against the arrays in ``tree``
+    (names and shapes, by tracing ``init`` without computing), so a damaged or
+    mismatched model fails here rather than in the first inversion.
+
     Args:
       meta: the model.json dict (``encoder``, ``generator``, ``encoder_size``,
         ``n_iters``).
@@ -128,15 +132,31 @@ class Inverter:
 
     Returns:
       An :class:`Inverter`.
+
+    Raises:
+      artifacts.ArtifactError: missing entries, fields the modules do not
+        take, or variables that do not fit the described architecture.
     """
     for key in ('encoder', 'generator'):
       if key not in meta or key not in tree:
         raise artifacts.ArtifactError(f'restyle model lacks its {key!r} entry')
     if 'latent_avg' not in tree:
       raise artifacts.ArtifactError("restyle model lacks 'latent_avg'")
-    return cls(BackboneEncoder(**meta['encoder']), tree['encoder'],
-               Generator(**meta['generator']), tree['generator'], tree['latent_avg'],
-               encoder_size=meta.get('encoder_size', 256), n_iters=meta.get('n_iters', 5))
+    try:
+      encoder = BackboneEncoder(**meta['encoder'])
+      generator = Generator(**meta['generator'])
+      encoder_size, n_iters = int(meta.get('encoder_size', 256)), int(meta.get('n_iters', 5))
+    except (TypeError, ValueError) as e:  # unknown / non-mapping fields, non-integers
+      raise artifacts.ArtifactError(f'model.json fields do not describe a model ({e})') from e
+    check_variables('encoder', encoder, tree['encoder'],
+                    jnp.zeros((1, encoder_size, encoder_size, encoder.input_nc)))
+    check_variables('generator', generator, tree['generator'],
+                    jnp.zeros((1, generator.n_styles, generator.style_dim)))
+    try:
+      return cls(encoder, tree['encoder'], generator, tree['generator'], tree['latent_avg'],
+                 encoder_size=encoder_size, n_iters=n_iters)
+    except ValueError as e:  # encoder / generator / latent_avg do not fit together
+      raise artifacts.ArtifactError(str(e)) from e
 
   def preprocess(self, images) -> jnp.ndarray:
     """Validates and converts inputs to float NHWC in [-1, 1] at the encoder size.
@@ -195,6 +215,52 @@ class Inverter:
                      avg_image=self._avg_image)
 
 
+def check_variables(name: str, module, variables, *example_inputs) -> None:
+  """Checks that stored variables fit a module, without running it.
+
+  ``module.init`` is traced with ``jax.eval_shape`` (no computation, no
+  compilation) and the expected tree of names and shapes is compared with
+  ``variables``.
+
+  Args:
+    name: what the variables are, for messages ('encoder').
+    module: the Flax module described by model.json.
+    variables: the restored variables.
+    *example_inputs: inputs ``module.init`` takes (only their shapes matter).
+
+  Raises:
+    artifacts.ArtifactError: the module cannot be built, or names / shapes
+      differ (the first few of each kind are listed).
+  """
+  try:
+    want = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *example_inputs))
+  except Exception as e:  # pylint: disable=broad-except
+    # Flax reports bad fields (unknown backbone, resolution 48…) only when
+    # the module is traced: they all mean model.json describes no model.
+    first = (str(e).strip().splitlines() or [''])[0][:300]
+    raise artifacts.ArtifactError(f'model.json describes no buildable {name} '
+                                  f'({type(e).__name__}: {first})') from e
+  flat = lambda t: {jax.tree_util.keystr(k): tuple(getattr(v, 'shape', ()))
+                    for k, v in jax.tree_util.tree_leaves_with_path(t)}
+  try:
+    got = flat(dict(variables))
+  except (TypeError, ValueError) as e:
+    raise artifacts.ArtifactError(f'the stored {name} variables are not a tree of arrays') from e
+  want = flat(want)
+  missing = sorted(set(want) - set(got))
+  extra = sorted(set(got) - set(want))
+  shapes = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+  if missing or extra or shapes:
+    show = lambda keys, fmt: ', '.join(fmt(k) for k in keys[:3]) + (' …' if len(keys) > 3 else '')
+    parts = ([f'{len(missing)} missing ({show(missing, str)})'] if missing else []) + \
+            ([f'{len(extra)} unexpected ({show(extra, str)})'] if extra else []) + \
+            ([f'{len(shapes)} of another shape ('
+              + show(shapes, lambda k: f'{k}: stored {got[k]}, model {want[k]}') + ')']
+             if shapes else [])
+    raise artifacts.ArtifactError(f'the stored {name} variables do not fit the architecture '
+                                  f'in model.json: {"; ".join(parts)}')
+
+
 def resolve_model_dir(path: str) -> str:
   """Finds the ``restyle`` model directory in ``path``.
 
@@ -228,6 +294,18 @@ def load_inverter(path: str) -> Inverter:
 
   Returns:
     An :class:`Inverter`.
+
+  Raises:
+    FileNotFoundError: ``path`` does not exist.
+    artifacts.ArtifactError: not a restyle model, or a damaged one (model.json
+      unreadable or not matching the arrays, arrays truncated); the message
+      names the directory.
   """
-  meta, tree = artifacts.load_artifact(resolve_model_dir(path), expected_kind=KIND)
-  return Inverter.from_tree(meta, tree)
+  model_dir = resolve_model_dir(path)
+  meta, tree = artifacts.load_artifact(model_dir, expected_kind=KIND)
+  try:
+    return Inverter.from_tree(meta, tree)
+  except artifacts.ArtifactError as e:
+    raise artifacts.ArtifactError(
+        f'{os.path.abspath(model_dir)} is not a usable restyle model: {e}; convert it again '
+        '(`python -m interestyle_jax.convert restyle`) or re-export it from train.py') from e

@@ -13,24 +13,30 @@ For every readable image ``photos/a/b.jpg`` it writes
 
 and ``out/summary.json`` listing what was inverted and what was skipped.
 Unreadable files and images smaller than the encoder input are skipped and
-reported at the end; the exit status is nonzero only when nothing could be
-inverted (or the checkpoint / arguments are unusable).
+reported at the end. Exit status: 0 when at least one image was inverted, 1
+when none could be, 2 for an unusable checkpoint or argument (including an
+output path that cannot be written, checked before any work).
 
 Images are resized to the encoder size with the data pipeline's antialiased
 bilinear filter (``data/folder.py``), as the training data was; aligned,
-square face crops (FFHQ / CelebA-HQ style) are what the encoder expects.
+square face crops (FFHQ / CelebA-HQ style) are what the encoder expects, and a
+non-square image is squashed (with a warning naming it).
+
+Folders are searched recursively; symlinked folders are followed, but each
+real folder and each real file is visited once, so a link cycle (``self ->
+.``) or a second link to the same photos inverts nothing twice.
 """
 
 import argparse
 import json
 import os
 import sys
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
-from interestyle_jax import artifacts, editing
+from interestyle_jax import artifacts, cli_utils, editing
 from interestyle_jax.data import folder
 
 SUMMARY_FILE = 'summary.json'
@@ -40,15 +46,36 @@ class ImageError(ValueError):
   """An input image cannot be inverted (unreadable or too small)."""
 
 
+OUTPUT_SUFFIXES = ('.png', '_iterations.png', '.npy')
+
+
 class Report(NamedTuple):
   """What :func:`invert_files` did.
 
   Attributes:
     inverted: output stems (paths relative to the output folder, no extension).
     skipped: ``(input path, reason)`` pairs.
+    squashed: ``(input path, (width, height))`` of the non-square images that
+      were resized to a square anyway.
   """
   inverted: List[str]
   skipped: List[Tuple[str, str]]
+  squashed: Sequence[Tuple[str, Tuple[int, int]]] = ()
+
+
+class Found(NamedTuple):
+  """What :func:`find_inputs` found.
+
+  Attributes:
+    inputs: ``(file, output stem)`` pairs, the stem being the path relative
+      to the folder without extension.
+    ignored: files without an image extension.
+    duplicates: symlinks to files or folders already listed or searched
+      (cycles included), not followed again.
+  """
+  inputs: List[Tuple[str, str]]
+  ignored: List[str]
+  duplicates: List[str]
 
 
 def too_small(width: int, height: int, min_size: int) -> Optional[str]:
@@ -81,6 +108,23 @@ def read_image(path: str, size: int) -> np.ndarray:
   Raises:
     ImageError: the file cannot be decoded, or is smaller than ``size``.
   """
+  return read_image_sized(path, size)[0]
+
+
+def read_image_sized(path: str, size: int) -> Tuple[np.ndarray, Tuple[int, int]]:
+  """:func:`read_image` that also returns the original ``(width, height)``.
+
+  Args:
+    path: image file.
+    size: the encoder input side.
+
+  Returns:
+    ``(uint8 [size, size, 3], (width, height) before resizing)``; a
+    non-square original was squashed, not cropped.
+
+  Raises:
+    ImageError: the file cannot be decoded, or is smaller than ``size``.
+  """
   try:
     with Image.open(path) as img:
       img.load()  # decode now: a truncated file fails here
@@ -91,28 +135,79 @@ def read_image(path: str, size: int) -> np.ndarray:
   problem = too_small(rgb.shape[1], rgb.shape[0], size)
   if problem:
     raise ImageError(problem)
-  return folder.resize_image(rgb, size)
+  return folder.resize_image(rgb, size), (rgb.shape[1], rgb.shape[0])
 
 
-def find_inputs(path: str) -> Tuple[List[Tuple[str, str]], List[str]]:
+def squash_warning(squashed: Sequence[Tuple[str, Tuple[int, int]]], size: int) -> str:
+  """One line naming the non-square images that were squashed to a square.
+
+  Args:
+    squashed: ``(path, (width, height))`` pairs.
+    size: the square side they were resized to.
+
+  Returns:
+    The warning line (empty when nothing was squashed).
+  """
+  if not squashed:
+    return ''
+  return (f'warning: squashed {len(squashed)} non-square image(s) to {size}x{size}, which '
+          'distorts faces (the encoder expects square, aligned face crops; crop them first): '
+          + folder.list_examples([f'{p} ({w}x{h})' for p, (w, h) in squashed]))
+
+
+def find_inputs(path: str, exclude: Optional[str] = None) -> Found:
   """Lists the image files to invert.
+
+  Symlinked folders and files are followed, but every real folder is searched
+  once and every real file listed once (by ``os.path.realpath``), under its
+  own name when it lies in the folder itself: a link cycle such as ``self ->
+  .``, a link to a sub-folder, or a second link to a photo repeats no work.
 
   Args:
     path: an image file or a folder (searched recursively, hidden entries
-      skipped, symlinked folders followed).
+      skipped, in sorted order).
+    exclude: a folder not to search (the output folder, when it lies inside
+      the input folder: earlier outputs are not inputs).
 
   Returns:
-    ``(inputs, ignored)``: ``(file, output stem)`` pairs, the stem being the
-    path relative to the folder without extension; and the files ignored for
-    not having an image extension.
+    A :class:`Found`.
+
+  Raises:
+    FileNotFoundError: ``path`` does not exist.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f'--input {path} does not exist')
   if os.path.isfile(path):
-    return [(path, os.path.splitext(os.path.basename(path))[0])], []
-  inputs, ignored, used = [], [], set()
+    return Found([(path, os.path.splitext(os.path.basename(path))[0])], [], [])
+  skip = os.path.realpath(exclude) if exclude else None
+  # Pass 1, links not followed: the real folders and files of the tree claim
+  # their own names, so a link seen earlier in sorted order cannot rename them.
+  own_dirs: Dict[str, str] = {}
+  own_files: Dict[str, str] = {}
+  for dirpath, dirnames, filenames in os.walk(path):
+    dirnames[:] = [d for d in dirnames if not d.startswith('.')
+                   and os.path.realpath(os.path.join(dirpath, d)) != skip]
+    own_dirs.setdefault(os.path.realpath(dirpath), dirpath)
+    for name in filenames:
+      file = os.path.join(dirpath, name)
+      if not name.startswith('.') and not os.path.islink(file):
+        own_files.setdefault(os.path.realpath(file), file)
+  # Pass 2, links followed, each real folder entered once.
+  inputs, ignored, duplicates, used = [], [], [], set()
+  seen_dirs, seen_files = {os.path.realpath(path)}, set()
   for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+    keep = []
+    for d in sorted(dirnames):
+      full = os.path.join(dirpath, d)
+      real = os.path.realpath(full)
+      if d.startswith('.') or real == skip:
+        continue
+      if real in seen_dirs or own_dirs.get(real, full) != full:
+        duplicates.append(full)  # a cycle, or a folder searched under its own name
+        continue
+      seen_dirs.add(real)
+      keep.append(d)
+    dirnames[:] = keep
     for name in sorted(filenames):
       if name.startswith('.'):
         continue
@@ -121,11 +216,39 @@ def find_inputs(path: str) -> Tuple[List[Tuple[str, str]], List[str]]:
       if ext.lower() not in folder.IMAGE_EXTS:
         ignored.append(file)
         continue
+      real = os.path.realpath(file)
+      if real in seen_files or own_files.get(real, file) != file:
+        duplicates.append(file)
+        continue
+      seen_files.add(real)
       if stem in used:  # a.jpg next to a.png: keep both outputs apart
         stem = f'{stem}_{ext.lstrip(".").lower()}'
       used.add(stem)
       inputs.append((file, stem))
-  return inputs, ignored
+  return Found(inputs, ignored, duplicates)
+
+
+def check_outputs(out_dir: str, stems: Sequence[str]) -> None:
+  """Checks, before any work, that every output of the run can be written.
+
+  Args:
+    out_dir: the output folder (``--output``).
+    stems: the output stems of :func:`find_inputs`.
+
+  Raises:
+    cli_utils.OutputPathError: ``out_dir`` is a file or not writable, a
+      folder stands where an output file goes, or a file where a sub-folder
+      of outputs goes.
+  """
+  cli_utils.check_output_dir(out_dir, '--output')
+  targets = [SUMMARY_FILE] + [stem + suffix for stem in stems for suffix in OUTPUT_SUFFIXES]
+  for rel in targets:
+    if os.path.isdir(os.path.join(out_dir, rel)):
+      raise cli_utils.OutputPathError(
+          f'--output {out_dir} holds a folder {rel} where an output file goes; move it away '
+          'or choose another --output')
+  for sub in sorted({os.path.dirname(stem) for stem in stems} - {''}):
+    cli_utils.check_output_dir(os.path.join(out_dir, sub), f'--output {out_dir}: sub-folder')
 
 
 def _write(out_dir: str, stem: str, recon, strip, latent) -> None:
@@ -154,7 +277,7 @@ def invert_files(inverter, inputs: List[Tuple[str, str]], out_dir: str,
   """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   size = inverter.encoder_size
-  inverted, skipped = [], []
+  inverted, skipped, squashed = [], [], []
   bar = tqdm(total=len(inputs), unit='img', disable=not progress, desc='inverting')
   pending: List[Tuple[str, np.ndarray]] = []
 
@@ -176,7 +299,10 @@ def invert_files(inverter, inputs: List[Tuple[str, str]], out_dir: str,
 
   for file, stem in inputs:
     try:
-      pending.append((stem, read_image(file, size)))
+      image, (w, h) = read_image_sized(file, size)
+      pending.append((stem, image))
+      if w != h:
+        squashed.append((file, (w, h)))
     except ImageError as e:
       skipped.append((file, str(e)))
       bar.update(1)
@@ -185,18 +311,21 @@ def invert_files(inverter, inputs: List[Tuple[str, str]], out_dir: str,
   if pending:
     flush()
   bar.close()
-  return Report(inverted, skipped)
+  return Report(inverted, skipped, squashed)
 
 
 def build_parser() -> argparse.ArgumentParser:
   """The CLI parser."""
   p = argparse.ArgumentParser(
-      prog='python -m interestyle_jax.invert',
+      prog='python -m interestyle_jax.invert', formatter_class=cli_utils.HelpFormatter,
       description='Invert photos into W+ with a ReStyle / IntereStyle encoder: writes the '
-                  'reconstruction, a strip of the iterations and the latent per image.')
+                  'reconstruction, a strip of the iterations and the latent per image. '
+                  'Exit status: 0 when something was inverted, 1 when nothing could be, '
+                  '2 for an unusable checkpoint or argument.')
   p.add_argument('--checkpoint', required=True,
                  help='`convert restyle` directory or train.py workdir')
-  p.add_argument('--input', required=True, help='an image file or a folder of images')
+  p.add_argument('--input', required=True,
+                 help='an image file or a folder of images (searched recursively)')
   p.add_argument('--output', required=True, help='output folder (created)')
   p.add_argument('--n_iters', type=int, default=None,
                  help="refinement iterations (default: the model's, 5 for ReStyle)")
@@ -205,33 +334,52 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+def _error(message) -> int:
+  print(f'error: {message}', file=sys.stderr)
+  return 2
+
+
 def main(argv=None) -> int:
-  """Runs the CLI; returns the exit status (0 when at least one image was inverted)."""
+  """Runs the CLI.
+
+  Args:
+    argv: arguments (default ``sys.argv[1:]``).
+
+  Returns:
+    0 when at least one image was inverted, 1 when none could be, 2 for an
+    unusable checkpoint or argument (checked before any inversion).
+  """
   args = build_parser().parse_args(argv)
   if args.batch_size < 1:
-    print(f'error: --batch_size must be >= 1, got {args.batch_size}', file=sys.stderr)
-    return 2
+    return _error(f'--batch_size must be >= 1, got {args.batch_size}')
   if args.n_iters is not None and args.n_iters < 1:
-    print(f'error: --n_iters must be >= 1, got {args.n_iters}', file=sys.stderr)
-    return 2
+    return _error(f'--n_iters must be >= 1, got {args.n_iters}')
   try:
-    inputs, ignored = find_inputs(args.input)
+    cli_utils.check_output_dir(args.output, '--output')
+    found = find_inputs(args.input, exclude=args.output)
+    inputs = found.inputs
+    check_outputs(args.output, [stem for _, stem in inputs])
     from interestyle_jax.inference import load_inverter  # pylint: disable=g-import-not-at-top
     inverter = load_inverter(args.checkpoint)
-  except (FileNotFoundError, artifacts.ArtifactError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  except (FileNotFoundError, artifacts.ArtifactError, cli_utils.OutputPathError) as e:
+    return _error(e)
   report = invert_files(inverter, inputs, args.output, args.n_iters, args.batch_size,
                         progress=not args.no_progress)
-  if ignored:
-    print(f'ignored {len(ignored)} file(s) without an image extension '
-          f'({", ".join(folder.IMAGE_EXTS)}): {folder.list_examples(ignored)}')
+  if found.ignored:
+    print(f'ignored {len(found.ignored)} file(s) without an image extension '
+          f'({", ".join(folder.IMAGE_EXTS)}): {folder.list_examples(found.ignored)}')
+  if found.duplicates:
+    print(f'ignored {len(found.duplicates)} symlink(s) to images or folders already '
+          f'searched: {folder.list_examples(found.duplicates)}')
   for file, reason in report.skipped:
     print(f'skipped {file}: {reason}', file=sys.stderr)
+  if report.squashed:
+    print(squash_warning(report.squashed, inverter.encoder_size), file=sys.stderr)
   summary: Dict = {'checkpoint': args.checkpoint, 'input': args.input,
                    'n_iters': args.n_iters or inverter.n_iters,
                    'inverted': report.inverted,
-                   'skipped': [{'file': f, 'reason': r} for f, r in report.skipped]}
+                   'skipped': [{'file': f, 'reason': r} for f, r in report.skipped],
+                   'squashed': [{'file': f, 'size': [w, h]} for f, (w, h) in report.squashed]}
   if report.inverted:
     with open(os.path.join(args.output, SUMMARY_FILE), 'w') as f:
       json.dump(summary, f, indent=2)

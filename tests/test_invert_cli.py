@@ -40,13 +40,14 @@ def photo_dir(tmp_path_factory):
 
 
 def test_find_inputs(photo_dir):
-  inputs, ignored = find_inputs(photo_dir)
-  stems = [s for _, s in inputs]
+  found = find_inputs(photo_dir)
+  stems = [s for _, s in found.inputs]
   # a.jpg sorts first and keeps the plain stem; a.png must not overwrite it.
   assert stems == ['a', 'a_png', 'broken', 'gray', 'small', os.path.join('sub', 'b')]
-  assert [os.path.basename(f) for f in ignored] == ['notes.txt']
+  assert [os.path.basename(f) for f in found.ignored] == ['notes.txt']
+  assert found.duplicates == []
   one = os.path.join(photo_dir, 'a.png')
-  assert find_inputs(one) == ([(one, 'a')], [])
+  assert find_inputs(one) == ([(one, 'a')], [], [])
   with pytest.raises(FileNotFoundError, match='does not exist'):
     find_inputs(os.path.join(photo_dir, 'nope'))
 
@@ -120,3 +121,149 @@ def test_module_entry_point(model_dir, photo_dir, tmp_path):
   assert 'inverting' in res.stderr and '1/1' in res.stderr  # tqdm
   assert json.load(open(os.path.join(out, 'summary.json')))['n_iters'] == 1
   assert os.path.exists(os.path.join(out, 'a.npy'))
+
+
+@pytest.fixture()
+def linked_dir(tmp_path):
+  """Photos with a symlink cycle, a second link to a sub-folder and to a photo.
+
+  ``sub/b.png`` is 48x40 (not square); ``outside`` is a real folder elsewhere
+  reached only through the link ``ext``.
+  """
+  root = tmp_path / 'linked'
+  imgs = tc.photos(4, 48, seed=5)
+  (root / 'sub').mkdir(parents=True)
+  Image.fromarray(imgs[0]).save(root / 'a.png')
+  Image.fromarray(imgs[1][:40]).save(root / 'sub' / 'b.png')
+  Image.fromarray(imgs[2]).save(root / 'zz.png')
+  outside = tmp_path / 'outside'
+  outside.mkdir()
+  Image.fromarray(imgs[3]).save(outside / 'c.png')
+  os.symlink('.', root / 'self')  # the reported cycle
+  os.symlink('..', root / 'sub' / 'up')  # a cycle through the parent
+  os.symlink('sub', root / 'alias')  # sorts before sub: must not rename its outputs
+  os.symlink('zz.png', root / 'aa_link.png')  # sorts before zz.png
+  os.symlink(str(outside), root / 'ext')
+  return str(root)
+
+
+def test_find_inputs_visits_every_real_folder_and_file_once(linked_dir, tmp_path):
+  found = find_inputs(linked_dir)
+  # Walk order: a folder's files, then its sub-folders.
+  assert [s for _, s in found.inputs] == ['a', 'zz', os.path.join('ext', 'c'),
+                                          os.path.join('sub', 'b')]
+  assert sorted(os.path.relpath(f, linked_dir) for f in found.duplicates) == [
+      'aa_link.png', 'alias', 'self', os.path.join('sub', 'up')]
+  # An output folder inside the input folder is not searched (earlier outputs).
+  out = os.path.join(linked_dir, 'out')
+  os.makedirs(out)
+  Image.fromarray(tc.photos(1, 48)[0]).save(os.path.join(out, 'a.png'))
+  assert [s for _, s in find_inputs(linked_dir, exclude=out).inputs] == [
+      'a', 'zz', os.path.join('ext', 'c'), os.path.join('sub', 'b')]
+
+
+def test_invert_cycle_once_each_and_warns_when_squashing(model_dir, linked_dir, tmp_path,
+                                                          capsys):
+  out = tmp_path / 'out'
+  rc = invert_main(['--checkpoint', model_dir, '--input', linked_dir, '--output', str(out),
+                    '--batch_size', '3', '--no_progress'])
+  captured = capsys.readouterr()
+  assert rc == 0, captured.err
+  summary = json.load(open(out / 'summary.json'))
+  assert summary['inverted'] == ['a', 'zz', os.path.join('ext', 'c'), os.path.join('sub', 'b')]
+  written = sorted(os.path.relpath(os.path.join(r, f), out)
+                   for r, _, fs in os.walk(out) for f in fs)
+  assert len(written) == 1 + 3 * 4 and not any('self' in w or 'alias' in w for w in written)
+  assert 'ignored 4 symlink(s) to images or folders already searched' in captured.out
+  # One warning line naming the squashed file and its size.
+  lines = [l for l in captured.err.splitlines() if 'squashed' in l]
+  assert len(lines) == 1 and 'squashed 1 non-square image(s) to 32x32' in lines[0]
+  assert os.path.join('sub', 'b.png') + ' (48x40)' in lines[0]
+  assert summary['squashed'] == [{'file': os.path.join(linked_dir, 'sub', 'b.png'),
+                                  'size': [48, 40]}]
+
+
+def test_output_paths_are_checked_before_any_work(model_dir, photo_dir, tmp_path, capsys,
+                                                  monkeypatch):
+  from interestyle_jax import inference
+
+  def no_loading(path):
+    raise AssertionError('the checkpoint was loaded before the output was checked')
+
+  monkeypatch.setattr(inference, 'load_inverter', no_loading)
+  one = os.path.join(photo_dir, 'a.png')
+  a_file = tmp_path / 'taken'
+  a_file.write_text('x')
+  cases = [
+      (str(a_file), f'--output {a_file} is a file, not a folder'),
+      (str(a_file / 'sub'), f'{a_file} is a file, not a folder'),
+  ]
+  blocked = tmp_path / 'blocked'
+  (blocked / 'a.png').mkdir(parents=True)  # a folder where the reconstruction goes
+  cases.append((str(blocked), 'holds a folder a.png where an output file goes'))
+  for out, message in cases:
+    # A missing checkpoint too: the output is reported first, nothing is loaded.
+    assert invert_main(['--checkpoint', str(tmp_path / 'nope'), '--input', one,
+                        '--output', out]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count('\n') == 1 and err.startswith('error: '), err
+  assert os.listdir(blocked) == ['a.png']
+
+
+def _damaged_copy(model_dir, dst, damage):
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(model_dir, dst)
+  meta_path = os.path.join(dst, 'model.json')
+  meta = json.load(open(meta_path))
+  if damage == 'invalid json':
+    open(meta_path, 'w').write('{"kind": "restyle", "encoder": ')
+  elif damage == 'wrong kind':
+    json.dump(dict(meta, kind='lpips'), open(meta_path, 'w'))
+  elif damage == 'unknown field':
+    meta['generator']['colour'] = 1
+    json.dump(meta, open(meta_path, 'w'))
+  elif damage == 'wrong width':
+    meta['encoder']['width'] = 16
+    json.dump(meta, open(meta_path, 'w'))
+  elif damage == 'missing field':
+    del meta['generator']
+    json.dump(meta, open(meta_path, 'w'))
+  elif damage == 'truncated variables':
+    files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(dst, 'variables'))
+             for f in fs]
+    biggest = max(files, key=os.path.getsize)
+    data = open(biggest, 'rb').read()
+    open(biggest, 'wb').write(data[:len(data) // 2])
+  return str(dst)
+
+
+@pytest.mark.parametrize('damage,message', [
+    ('invalid json', 'model.json cannot be read (JSONDecodeError'),
+    ('wrong kind', "holds a 'lpips' model, expected restyle"),
+    ('unknown field', "unexpected keyword argument 'colour'"),
+    ('wrong width', 'encoder variables do not fit the architecture in model.json'),
+    ('missing field', "lacks its 'generator' entry"),
+    ('truncated variables', 'variables cannot be read'),
+])
+def test_unusable_checkpoint_is_one_line_and_exit_2(model_dir, photo_dir, tmp_path, capsys,
+                                                    damage, message):
+  bad = _damaged_copy(model_dir, tmp_path / 'bad', damage)
+  out = tmp_path / 'out'
+  assert invert_main(['--checkpoint', bad, '--input', os.path.join(photo_dir, 'a.png'),
+                      '--output', str(out), '--no_progress']) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and err.count('\n') == 1 and 'Traceback' not in err, err
+  assert message in err and 'bad' in err
+  assert not out.exists()
+
+
+def test_help_shows_defaults_and_snake_case_flags(capsys):
+  from interestyle_jax.invert import build_parser
+  parser = build_parser()
+  for action in parser._actions:  # pylint: disable=protected-access
+    for flag in action.option_strings:
+      if flag.startswith('--') and flag != '--help':
+        assert flag == flag.lower() and '-' not in flag[2:], flag
+  text = parser.format_help()
+  assert '(default: 4)' in text  # --batch_size
+  assert "(default: the model's" in text

@@ -1,0 +1,109 @@
+"""Shared pieces of the command-line tools: help layout and output-path checks.
+
+The tools (``invert``, ``evaluate``, ``edit``, ``data.make_masks``) check every
+output path before loading a model or reading data, so a typo in ``--output``
+costs a second, not the results of the whole run.
+"""
+
+import argparse
+import os
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """Keeps descriptions as written and appends ``(default: X)`` to option help.
+
+  Unlike ``argparse.ArgumentDefaultsHelpFormatter`` it says nothing for
+  required options, ``None`` defaults (their help explains what happens),
+  on/off switches, and help that already names its default.
+  """
+
+  def _get_help_string(self, action):
+    text = action.help or ''
+    if (action.required or action.default is None or action.default is argparse.SUPPRESS
+        or isinstance(action, (argparse._StoreTrueAction,  # pylint: disable=protected-access
+                               argparse._StoreFalseAction))  # pylint: disable=protected-access
+        or not action.option_strings or 'default' in text or '%(default)' in text):
+      return text
+    default = action.default
+    if isinstance(default, (list, tuple)):
+      default = ' '.join(str(v) for v in default)
+    elif isinstance(default, str) and default == '':
+      default = "'' (none)"
+    return f'{text} (default: {str(default).replace("%", "%%")})'
+
+
+class OutputPathError(ValueError):
+  """An output path cannot be written (the message names the flag and the fix)."""
+
+
+def _nearest_existing(path: str) -> str:
+  """The path itself or its closest existing ancestor."""
+  path = os.path.abspath(path)
+  while not os.path.lexists(path):
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return path
+
+
+def check_output_dir(path: str, flag: str) -> str:
+  """Checks that ``path`` is, or can be created as, a writable folder.
+
+  Nothing is created: a run that fails later (a bad checkpoint) leaves no
+  empty output folder behind.
+
+  Args:
+    path: the folder.
+    flag: the option that gave it, for messages ('--output').
+
+  Returns:
+    The absolute path.
+
+  Raises:
+    OutputPathError: a file is in the way, or the folder (or the nearest
+      existing ancestor it would be created in) is not writable.
+  """
+  if not path:
+    raise OutputPathError(f'{flag} is empty; give a folder path')
+  full = os.path.abspath(path)
+  if os.path.exists(full) and not os.path.isdir(full):
+    raise OutputPathError(f'{flag} {path} is a file, not a folder; give a folder path '
+                          '(created when missing) or move the file away')
+  base = _nearest_existing(full)
+  if not os.path.isdir(base):
+    raise OutputPathError(f'{flag} {path} cannot be created: {base} is a file, not a folder; '
+                          'choose another path or move that file away')
+  if not os.access(base, os.W_OK | os.X_OK):
+    what = 'is not writable' if base == full else f'cannot be created: {base} is not writable'
+    raise OutputPathError(f'{flag} {path} {what}; choose a folder you can write to or fix '
+                          'its permissions')
+  return full
+
+
+def check_output_file(path: str, flag: str, example: str = 'out') -> str:
+  """Checks that ``path`` can be written as a file (its folder is created on write).
+
+  Args:
+    path: the file.
+    flag: the option that gave it, for messages ('--output').
+    example: a file name suggested when ``path`` is a folder ('grid.png').
+
+  Returns:
+    The absolute path.
+
+  Raises:
+    OutputPathError: ``path`` is a folder, a file is in the way of its
+      parent folder, or the place is not writable.
+  """
+  if not path:
+    raise OutputPathError(f'{flag} is empty; give a file path')
+  full = os.path.abspath(path)
+  if os.path.isdir(full) or path.endswith(os.sep):
+    raise OutputPathError(f'{flag} {path} is a folder; give a file path, e.g. '
+                          f'{os.path.join(path, example)}')
+  check_output_dir(os.path.dirname(full), f'{flag} {path}: the folder')
+  if os.path.exists(full) and not os.access(full, os.W_OK):
+    raise OutputPathError(f'{flag} {path} exists and is not writable; choose another file or '
+                          'fix its permissions')
+  return full
