@@ -6,7 +6,14 @@
 
 Any config field can be overridden with ``--config.<field>=value``. Re-running
 the same command resumes from the latest checkpoint in the workdir.
+
+A run refused before it starts (an invalid config, a workdir in use by another
+train.py, a re-run whose config differs from the saved run's, no restorable
+checkpoint) prints one line, ``train.py: error: <message>``, and exits with
+status 2.
 """
+
+import sys
 
 from absl import app, flags, logging
 import jax
@@ -14,6 +21,7 @@ from ml_collections import config_flags
 
 from interestyle_jax.data.tf_setup import import_tf
 from interestyle_jax.training import loop
+from interestyle_jax.training.config import ConfigError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and metrics.')
@@ -32,7 +40,13 @@ def main(argv):
     jax.distributed.initialize()
   logging.info('JAX process %d / %d, %d local devices (%s)', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.default_backend())
-  loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except ConfigError as e:
+    # The message names the field or file and the fix; a traceback would bury it.
+    message = ' '.join(str(e).split())
+    print(f'train.py: error: {message}', file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -3,23 +3,77 @@
 ``WORKDIR/checkpoints/<step>``: the latest ``keep`` states (resume point).
 ``WORKDIR/best/<step>``: the state with the lowest validation loss.
 ``WORKDIR/inference/``: a ``restyle`` model directory (``model.json`` +
-Orbax arrays) that ``interestyle_jax.load_inverter(WORKDIR)`` reads; it is
-rewritten atomically whenever a checkpoint is saved.
+Orbax arrays) that ``interestyle_jax.load_inverter(WORKDIR)`` reads; it holds
+the latest or the best state (``config.export``) and is rewritten atomically.
 
 Orbax writes each step to a temporary directory and renames it when complete,
-so an interrupted run never leaves a partial checkpoint behind.
+so an interrupted run never leaves a partial checkpoint behind. It does not
+notice a checkpoint damaged afterwards (a truncated file, flipped bytes, a
+deleted file): some damage raises deep inside the restore and some restores
+wrong numbers silently. So each step directory also gets ``DIGEST_FILE``, the
+SHA-256 of every array of the saved state, checked after a restore; a step
+that fails to restore or to match its digest is moved to
+``WORKDIR/checkpoints_corrupt/`` and the next older one is used.
 """
 
+import hashlib
+import json
 import os
-from typing import Any, Dict, Optional
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from interestyle_jax import artifacts
+from interestyle_jax.training.config import ConfigError
 
 BEST_METRIC = 'val_loss'
+DIGEST_FILE = 'interestyle_digest.json'
+CORRUPT_DIR = 'checkpoints_corrupt'
+INFERENCE_DIR = 'inference'
+
+
+class CheckpointError(ConfigError):
+  """No checkpoint of a workdir can be restored (one line, with the fix)."""
+
+
+def state_digest(state) -> Dict[str, str]:
+  """SHA-256 of every array of a (replicated) state, by tree path.
+
+  Args:
+    state: a pytree of arrays; jax.Arrays must be fully replicated or
+      addressable (the TrainState is replicated over the mesh).
+
+  Returns:
+    dict path → hex digest of dtype, shape and bytes.
+  """
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    if isinstance(leaf, jax.Array):
+      # One local copy: on multi-host jobs the global array is not addressable.
+      leaf = leaf.addressable_data(0)
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h = hashlib.sha256(f'{a.dtype.str}{a.shape}'.encode())
+    h.update(a.tobytes())
+    out[jax.tree_util.keystr(path)] = h.hexdigest()
+  return out
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+  text = str(error).strip().splitlines()
+  text = text[0] if text else ''
+  if len(text) > limit:
+    text = text[:limit] + '…'
+  return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
 
 
 class Checkpointer:
@@ -28,10 +82,14 @@ class Checkpointer:
   Args:
     workdir: the training workdir.
     keep: latest checkpoints to keep.
+    on_new_best: called as ``on_new_best(step, state)`` after a new best state
+      is saved (the loop exports it when ``config.export == 'best'``).
   """
 
-  def __init__(self, workdir: str, keep: int):
+  def __init__(self, workdir: str, keep: int,
+               on_new_best: Optional[Callable[[int, Any], None]] = None):
     self.workdir = os.path.abspath(workdir)
+    self.on_new_best = on_new_best
     self.latest = ocp.CheckpointManager(
         os.path.join(self.workdir, 'checkpoints'),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
@@ -45,24 +103,158 @@ class Checkpointer:
     """Step of the newest complete checkpoint, or None."""
     return self.latest.latest_step()
 
+  def best_step(self) -> Optional[int]:
+    """Step of the kept best checkpoint, or None."""
+    return self.best.best_step()
+
+  @staticmethod
+  def _step_dir(manager, step: int) -> str:
+    return os.path.join(str(manager.directory), str(step))
+
+  def _save(self, manager, step: int, state, **kwargs) -> None:
+    """Saves ``state`` and, once it is on disk, its digest into the step dir."""
+    digest = state_digest(state)
+    manager.save(step, args=ocp.args.StandardSave(state), force=True, **kwargs)
+    # The digest goes into the finished step directory, so the save must be
+    # complete: checkpoints are minutes apart, the wait costs the write time.
+    manager.wait_until_finished()
+    if jax.process_index() == 0:
+      path = os.path.join(self._step_dir(manager, step), DIGEST_FILE)
+      if os.path.isdir(os.path.dirname(path)):  # best/ may have dropped it already
+        tmp = path + '.tmp'
+        with open(tmp, 'w') as f:
+          json.dump({'step': int(step), 'sha256': digest}, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+
+  def _restore(self, manager, step: int, template):
+    """Restores ``step`` and checks it against its digest; raises if damaged."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    path = os.path.join(self._step_dir(manager, step), DIGEST_FILE)
+    if not os.path.exists(path):
+      # Written before digests existed, or the run died between the save and
+      # the digest: nothing to compare with, Orbax's own checks only.
+      logging.info('%s has no %s; restored without a content check',
+                   self._step_dir(manager, step), DIGEST_FILE)
+      return state
+    with open(path) as f:
+      want = json.load(f)['sha256']
+    got = state_digest(state)
+    if got != want:
+      bad = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+      raise ValueError(f'{len(bad)} of {len(want)} arrays differ from the {DIGEST_FILE} '
+                       f'written at save time (first: {bad[0]})')
+    return state
+
+  def _move_aside(self, manager, step: int, prefix: str) -> str:
+    """Moves a damaged step directory to WORKDIR/checkpoints_corrupt/ (kept, not deleted)."""
+    src = self._step_dir(manager, step)
+    base = os.path.join(self.workdir, CORRUPT_DIR,
+                        f'{prefix}{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    dst, n = base, 1
+    while os.path.exists(dst):  # the same step moved twice within a second
+      dst, n = f'{base}.{n}', n + 1
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      os.rename(src, dst)
+    return dst
+
+  def _restore_newest(self, manager, template, prefix: str):
+    """Restores the newest step that is intact, moving newer damaged ones aside.
+
+    Returns:
+      ``(step, state, failures)``; ``step`` and ``state`` are None when no step
+      restored, and then nothing was moved (``failures``: ``[(dir, error)]``).
+    """
+    failures: List[Tuple[int, str]] = []
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        state = self._restore(manager, step, template)
+      except Exception as e:  # pylint: disable=broad-except
+        # Orbax and TensorStore raise many types for damaged files
+        # (JSONDecodeError, ValueError, plain Exception, FileNotFoundError).
+        failures.append((step, _first_line(e)))
+        logging.warning('Checkpoint %s does not restore: %s',
+                        self._step_dir(manager, step), failures[-1][1])
+        continue
+      if failures:
+        moved = [(self._step_dir(manager, s), self._move_aside(manager, s, prefix))
+                 for s, _ in failures]
+        _barrier('interestyle_checkpoint_move_aside')
+        manager.reload()  # Orbax caches its step list
+        for src, dst in moved:
+          logging.warning('Moved the damaged checkpoint %s to %s; using step %d', src, dst,
+                          step)
+      return step, state, failures
+    return None, None, failures
+
   def restore_latest(self, template):
-    """Restores the newest state with the shardings of ``template``.
+    """Restores the newest intact state with the shardings of ``template``.
+
+    Steps are tried newest first. One that raises or does not match its digest
+    is logged; once an older step restores, the damaged newer ones are moved
+    to ``WORKDIR/checkpoints_corrupt/<step>-<time>`` (outside Orbax's
+    directory, so the run can save those steps again).
 
     Args:
       template: a TrainState of the right structure, placed as wanted.
 
     Returns:
       The restored state, or None when there is no checkpoint.
+
+    Raises:
+      CheckpointError: there are checkpoints but none restores. Nothing is
+        moved then: the same damage on every step more likely means the
+        checkpoints do not fit this code or config than that all are corrupt.
     """
-    step = self.latest.latest_step()
+    _, state, failures = self._restore_newest(self.latest, template, '')
+    if state is None and failures:
+      listed = '; '.join(f'{self._step_dir(self.latest, s)}: {e}' for s, e in failures)
+      raise CheckpointError(
+          f'no checkpoint in {self.latest.directory} restores ({listed}); nothing was '
+          f'moved or deleted. If they are damaged, restore {self.latest.directory} from a '
+          f'backup, or delete the workdir {self.workdir} (or its checkpoints/ and best/) '
+          'to start over; if they were written by another version of the code or config, '
+          'run that one')
+    return state
+
+  def restore_best(self, template) -> Optional[Tuple[int, Any]]:
+    """Restores the kept best state, moving it aside if it is damaged.
+
+    Args:
+      template: a TrainState of the right structure, placed as wanted.
+
+    Returns:
+      ``(step, state)``, or None when there is no (intact) best checkpoint.
+    """
+    step = self.best.best_step()
     if step is None:
       return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    return self.latest.restore(step, args=ocp.args.StandardRestore(abstract))
+    try:
+      return step, self._restore(self.best, step, template)
+    except Exception as e:  # pylint: disable=broad-except
+      dst = self._move_aside(self.best, step, 'best-')
+      _barrier('interestyle_best_move_aside')
+      self.best.reload()
+      logging.warning('Best checkpoint %s does not restore (%s); moved it to %s',
+                      self._step_dir(self.best, step), _first_line(e), dst)
+      return None
 
-  def save(self, step: int, state) -> None:
-    """Saves ``state`` as the checkpoint of ``step`` (all processes call this)."""
-    self.latest.save(step, args=ocp.args.StandardSave(state), force=True)
+  def save(self, step: int, state) -> bool:
+    """Saves ``state`` as the checkpoint of ``step`` (all processes call this).
+
+    Args:
+      step: training step.
+      state: the TrainState.
+
+    Returns:
+      False when ``step`` is already saved (a finished run re-run), else True.
+    """
+    if step in self.latest.all_steps():
+      logging.info('Checkpoint %d already exists; not saved again', step)
+      return False
+    self._save(self.latest, step, state)
+    return True
 
   def best_value(self) -> Optional[float]:
     """Validation loss of the kept best checkpoint, or None."""
@@ -74,6 +266,8 @@ class Checkpointer:
 
   def maybe_save_best(self, step: int, state, val_loss: float) -> bool:
     """Saves ``state`` to best/ when ``val_loss`` beats the kept one.
+
+    Calls ``on_new_best(step, state)`` after saving.
 
     Args:
       step: training step.
@@ -88,8 +282,9 @@ class Checkpointer:
       return False
     if step in (self.best.all_steps() or []):
       return False
-    self.best.save(step, args=ocp.args.StandardSave(state),
-                   metrics={BEST_METRIC: float(val_loss)}, force=True)
+    self._save(self.best, step, state, metrics={BEST_METRIC: float(val_loss)})
+    if self.on_new_best is not None:
+      self.on_new_best(step, state)
     return True
 
   def wait(self) -> None:
@@ -101,6 +296,27 @@ class Checkpointer:
     """Finishes writes and releases the managers."""
     self.latest.close()
     self.best.close()
+
+
+def exported(workdir: str) -> Optional[Tuple[str, int]]:
+  """Which state ``WORKDIR/inference`` holds.
+
+  Args:
+    workdir: the training workdir.
+
+  Returns:
+    ``(export, step)`` with export 'latest' or 'best' ('latest' for exports
+    written before ``config.export`` existed), or None when there is no
+    readable export.
+  """
+  path = os.path.join(os.path.abspath(workdir), INFERENCE_DIR)
+  if not os.path.isdir(path):
+    return None
+  try:
+    meta = artifacts.read_meta(path)
+    return str(meta.get('export', 'latest')), int(meta['step'])
+  except Exception:  # pylint: disable=broad-except
+    return None  # unreadable: the caller rewrites it
 
 
 def export_inference(workdir: str, encoder_kwargs: Dict[str, Any],
@@ -121,12 +337,12 @@ def export_inference(workdir: str, encoder_kwargs: Dict[str, Any],
     encoder_size: encoder input side.
     n_iters: refinement iterations the encoder was trained with.
     step: training step (recorded in the metadata).
-    extra_meta: more JSON fields.
+    extra_meta: more JSON fields (the loop records ``export``: 'latest' or 'best').
 
   Returns:
     The directory path.
   """
-  dst = os.path.join(os.path.abspath(workdir), 'inference')
+  dst = os.path.join(os.path.abspath(workdir), INFERENCE_DIR)
   if jax.process_index() != 0:
     return dst
   to_host = lambda t: jax.tree.map(lambda a: np.asarray(jax.device_get(a)), t)

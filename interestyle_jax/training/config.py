@@ -3,12 +3,14 @@
 ``default_config()`` lists every field train.py understands, with the paper's
 values where the paper has one; ``configs/*.py`` start from it. ``validate``
 rejects, before anything is compiled, a field that is not in the schema (a
-typo in a config file: ``--config.x`` typos are already refused by absl) and
-impossible combinations, naming the offending field.
+typo in a config file: ``--config.x`` typos are already refused by absl),
+NaN / infinite numbers and impossible values or combinations, naming the
+offending field and what to change.
 """
 
 import difflib
-from typing import List
+import math
+from typing import Any, Iterator, List, Tuple
 
 import ml_collections
 from ml_collections import config_dict
@@ -20,8 +22,16 @@ NOISE_MODES = ('const', 'random', 'none')
 BACKBONES = ('ir_se', 'resnet34')
 
 
+EXPORTS = ('latest', 'best')
+
+
 class ConfigError(ValueError):
-  """An invalid training configuration."""
+  """A training run refused before it started: invalid config or unusable workdir.
+
+  The message is one line naming the field (or file) and the fix; train.py
+  prints it as ``train.py: error: <message>`` without a traceback. Workdir,
+  lock, resume and checkpoint refusals subclass it.
+  """
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -48,6 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.dtype = 'float32'  # Train-step compute dtype: 'float32' or 'bfloat16' (params, optimizer, losses stay float32).
   c.remat = False  # Recompute generator blocks in the backward pass (less memory, one more G forward).
   c.scan_unroll = 'auto'  # Unroll the T-iteration scan: 'auto' (rolled: faster, flat memory), 'yes', 'no'.
+  c.export = 'latest'  # State WORKDIR/inference holds: 'latest' (last checkpoint) or 'best' (lowest val loss).
 
   c.model = ml_collections.ConfigDict()
   c.model.generator_path = ''  # `convert stylegan2` dir; '' = the synthetic world's generator.
@@ -127,6 +138,18 @@ def _choice(errors, value, allowed, field):
     errors.append(f'config.{field}={value!r} must be one of {allowed}')
 
 
+def _non_finite(cfg, prefix: str) -> Iterator[Tuple[str, Any]]:
+  """Yields (dotted field, value) of every NaN / infinite float, also in tuples."""
+  for key, value in cfg.items():
+    path = f'{prefix}.{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _non_finite(value, path)
+      continue
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+      yield path, value
+
+
 def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   """Raises ConfigError naming every invalid field.
 
@@ -138,11 +161,36 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   if errors:
     raise ConfigError('; '.join(errors))
   c = config
+  # A NaN slips through every `<= 0` test below (comparisons with NaN are
+  # false) and would surface as a NaN loss or a crash deep in setup; the other
+  # checks mean nothing until these are fixed.
+  errors = [f'{path}={value} must be a finite number'
+            for path, value in _non_finite(c, 'config')]
+  if errors:
+    raise ConfigError('invalid config: ' + '; '.join(errors))
   for field in ('num_train_steps', 'batch_size', 'eval_batch_size', 'log_every_steps',
                 'eval_every_steps', 'checkpoint_every_steps', 'image_every_steps',
-                'keep_checkpoints'):
+                'keep_checkpoints', 'num_grid_images'):
     if c[field] <= 0:
       errors.append(f'config.{field}={c[field]} must be positive')
+  for field in ('max_eval_batches', 'profile_steps'):
+    if c[field] < 0:
+      errors.append(f'config.{field}={c[field]} must be >= 0 (0 turns it off)')
+  _choice(errors, c.export, EXPORTS, 'export')
+  o = c.optim
+  if not o.lr > 0:
+    errors.append(f'config.optim.lr={o.lr} must be > 0 (the paper uses 1e-4)')
+  for field in ('b1', 'b2'):
+    if not 0 <= o[field] < 1:
+      errors.append(f'config.optim.{field}={o[field]} must be in [0, 1)')
+  if not o.eps > 0:
+    errors.append(f'config.optim.eps={o.eps} must be > 0 (Ranger uses 1e-5)')
+  if o.lookahead_k <= 0:
+    errors.append(f'config.optim.lookahead_k={o.lookahead_k} must be >= 1 '
+                  '(1 syncs every step; Ranger uses 6)')
+  if not 0 < o.lookahead_alpha <= 1:
+    errors.append(f'config.optim.lookahead_alpha={o.lookahead_alpha} must be in (0, 1] '
+                  '(Ranger uses 0.5)')
   for field in ('batch_size', 'eval_batch_size'):
     if c[field] > 0 and c[field] % device_count:
       errors.append(f'config.{field}={c[field]} is not divisible by the {device_count} '
@@ -183,6 +231,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   if c.loss.id > 0 and not c.loss.id_path:
     errors.append('config.loss.id > 0 needs config.loss.id_path (a `convert irse50` dir); '
                   'set config.loss.id=0 to train without the ID loss')
+  if c.data.source == 'synthetic' and c.synthetic.num_heldout <= 0:
+    errors.append(f'config.synthetic.num_heldout={c.synthetic.num_heldout} must be positive '
+                  '(the held-out images validation and best/ need)')
   if c.data.source == 'folder':
     if not c.data.train_dir:
       errors.append("config.data.train_dir is required with config.data.source='folder'")
