@@ -7,8 +7,8 @@
 For every refinement iteration t = 1..T it reports MSE and SSIM (and LPIPS /
 ID similarity when ``--lpips`` / ``--arcface`` give converted networks), each
 on the whole image and on the interest region (``m ⊙ ŷ`` vs ``m ⊙ y``, see
-:mod:`interestyle_jax.metrics`), averaged over the images: a printed table and
-a JSON file. Reconstructions are compared at the encoder size (the generator
+:mod:`interestyle_jax.metrics`), averaged over the images: a printed table and,
+with ``--output``, a JSON file (nothing is written without it). Reconstructions are compared at the encoder size (the generator
 output average-pooled, as in training) with const noise and running BatchNorm
 statistics, exactly as the training run's validation does.
 
@@ -19,7 +19,10 @@ the training config (``WORKDIR/config.json``, or ``--config``), whose targets
 are the clean generator images and whose true latents add ``latent_mse``.
 
 The batch is split over all local devices: ``jax.jit`` of ``jax.shard_map``
-over a 1-D mesh with axis 'batch'.
+over a 1-D mesh with axis 'batch'. A progress bar goes to stderr
+(``--no_progress`` turns it off). Exit status: 0 on success, 2 for an
+unusable checkpoint, network, data folder or argument (the output path is
+checked before any work).
 """
 
 import argparse
@@ -35,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from interestyle_jax import artifacts, metrics
+from interestyle_jax import artifacts, cli_utils, metrics
 from interestyle_jax.data import folder
 # _refine is the Inverter's own loop: evaluation and inversion cannot drift apart.
 from interestyle_jax.inference import _refine, average_image, load_inverter, resolve_model_dir
@@ -96,7 +99,7 @@ def make_eval_fn(inverter, n_iters: int, mesh: Mesh, lpips_module=None,
 
 
 def folder_batches(root: str, size: int, batch_size: int, limit: Optional[int],
-                   skipped: List[Tuple[str, str]]) -> Iterator[Batch]:
+                   skipped: List[Tuple[str, str]], pairs=None) -> Iterator[Batch]:
   """Batches of a paired images/ + masks/ folder at the encoder size.
 
   Args:
@@ -105,21 +108,27 @@ def folder_batches(root: str, size: int, batch_size: int, limit: Optional[int],
     batch_size: images per batch (the last one is padded, 'valid' 0).
     limit: use only the first N pairs (by stem).
     skipped: receives ``(path, reason)`` of unusable pairs.
+    pairs: ``folder.pair_folder(root)`` when the caller has it already.
 
   Yields:
     dicts 'image' / 'target' float ``[B, S, S, 3]`` in [-1, 1], 'mask'
-    ``[B, S, S, 1]`` in [0, 1], 'valid' ``[B]``.
+    ``[B, S, S, 1]`` in [0, 1], 'valid' ``[B]``, and 'read': how many pairs
+    were read for this batch, skipped ones included (for progress).
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  pairs = folder.pair_folder(root)[:limit]
+  pairs = (folder.pair_folder(root) if pairs is None else pairs)[:limit]
   rows = []
+  read = 0
 
   def emit():
-    return _pad({'image': np.stack([r[0] for r in rows]).astype(np.float32) / 127.5 - 1.0,
-                 'mask': np.stack([r[1] for r in rows]).astype(np.float32) / 255.0},
-                batch_size)
+    batch = _pad({'image': np.stack([r[0] for r in rows]).astype(np.float32) / 127.5 - 1.0,
+                  'mask': np.stack([r[1] for r in rows]).astype(np.float32) / 255.0},
+                 batch_size)
+    batch['read'] = read
+    return batch
 
   for pair in pairs:
+    read += 1
     try:
       with Image.open(pair.image_path) as img:  # header only: the size
         problem = too_small(img.width, img.height, size)
@@ -133,7 +142,7 @@ def folder_batches(root: str, size: int, batch_size: int, limit: Optional[int],
     rows.append((ex.image, ex.mask))
     if len(rows) == batch_size:
       yield emit()
-      rows = []
+      rows, read = [], 0
   if rows:
     yield emit()
 
@@ -232,21 +241,26 @@ def _check_same_generator(world, inverter) -> None:
 
 
 def evaluate(inverter, batches, n_iters: int, lpips_net=None, arcface_net=None,
-             mesh: Optional[Mesh] = None) -> Dict[str, Any]:
+             mesh: Optional[Mesh] = None, total: Optional[int] = None,
+             progress: bool = False) -> Dict[str, Any]:
   """Averages the per-image metrics of every iteration over a dataset.
 
   Args:
     inverter: an ``inference.Inverter``.
     batches: iterable of dicts 'image', 'mask', 'target', 'valid' (and
-      optionally 'latent'), batch size a multiple of the local device count.
+      optionally 'latent', and 'read': inputs read for the batch, for the
+      progress bar), batch size a multiple of the local device count.
     n_iters: refinement iterations T.
     lpips_net: ``(module, variables)`` or None.
     arcface_net: ``(module, variables)`` or None.
     mesh: device mesh (default: all local devices).
+    total: number of inputs, for the progress bar.
+    progress: show a tqdm progress bar on stderr.
 
   Returns:
     ``{'n_images': N, 'n_iters': T, 'metrics': {name: [mean at t = 1..T]}}``.
   """
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   mesh = make_mesh() if mesh is None else mesh
   fn = make_eval_fn(inverter, n_iters, mesh, lpips_net and lpips_net[0],
                     arcface_net and arcface_net[0])
@@ -262,13 +276,17 @@ def evaluate(inverter, batches, n_iters: int, lpips_net=None, arcface_net=None,
     variables['arcface'] = arcface_net[1]
   sums: Dict[str, np.ndarray] = {}
   count = 0.0
+  bar = tqdm(total=total, unit='img', desc='evaluating', disable=not progress, file=sys.stderr)
   for batch in batches:
     valid = batch.pop('valid')
+    read = batch.pop('read', None)
     res = fn(variables, batch)
     for k, v in res.items():
       # float64 on the host: thousands of images without accumulation drift.
       sums[k] = sums.get(k, 0.0) + np.sum(np.asarray(v, np.float64) * valid[None], axis=1)
     count += float(valid.sum())
+    bar.update(int(valid.sum()) if read is None else read)
+  bar.close()
   if count == 0:
     raise ValueError('no image could be evaluated')
   order = metrics.metric_names(lpips_net is not None, arcface_net is not None)
@@ -294,12 +312,58 @@ def format_table(result: Dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+def load_net(flag: str, path: str, kind: str, loader, size: int):
+  """Loads an LPIPS / ArcFace directory and checks it can run at the encoder size.
+
+  The check traces the metric with ``jax.eval_shape`` (no computation), so
+  variables that do not fit the architecture in model.json fail here, before
+  any inversion, instead of in the first evaluated batch.
+
+  Args:
+    flag: the option that named it ('--lpips').
+    path: the directory.
+    kind: 'lpips' or 'arcface' (for messages).
+    loader: ``load_lpips`` / ``load_arcface``.
+    size: encoder input side (the images the metric will see).
+
+  Returns:
+    ``(module, variables)``.
+
+  Raises:
+    FileNotFoundError: ``path`` does not exist.
+    artifacts.ArtifactError: the directory is not a usable model of ``kind``
+      (the message names the flag, the directory and the fix).
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{flag} {path} does not exist')
+  fix = f'convert it again with `python -m interestyle_jax.convert {kind}`'
+  try:
+    net = loader(path)
+  except artifacts.ArtifactError as e:
+    raise artifacts.ArtifactError(f'{flag}: {e}') from e
+  except (KeyError, TypeError, ValueError) as e:  # model.json fields the module does not take
+    raise artifacts.ArtifactError(f'{flag} {path} is not a usable {kind} model '
+                                  f'({type(e).__name__}: {e}); {fix}') from e
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  fn = metrics.lpips if kind == 'lpips' else metrics.id_similarity
+  try:
+    jax.eval_shape(lambda a: fn(net, a, a), x)
+  except Exception as e:  # pylint: disable=broad-except
+    # Flax raises its own error types for missing / mis-shaped variables;
+    # whatever fails while tracing the metric, the stored model is unusable.
+    first = (str(e).strip().splitlines() or [''])[0][:300]
+    raise artifacts.ArtifactError(f'{flag} {path}: its variables do not fit the {kind} model '
+                                  f'in its model.json ({type(e).__name__}: {first}); {fix}') from e
+  return net
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The CLI parser."""
   p = argparse.ArgumentParser(
-      prog='python -m interestyle_jax.evaluate',
+      prog='python -m interestyle_jax.evaluate', formatter_class=cli_utils.HelpFormatter,
       description='MSE / SSIM / LPIPS / ID similarity of the inversions, whole image and '
-                  'interest region, after every refinement iteration.')
+                  'interest region, after every refinement iteration. Exit status 2 for an '
+                  'unusable checkpoint, network, data folder or argument.')
   p.add_argument('--checkpoint', required=True,
                  help='`convert restyle` directory or train.py workdir')
   p.add_argument('--data', required=True,
@@ -315,13 +379,28 @@ def build_parser() -> argparse.ArgumentParser:
                  help='`convert irse50` directory (adds ID similarity)')
   p.add_argument('--config', default=None,
                  help="training config for --data synthetic (default: WORKDIR/config.json)")
-  p.add_argument('--limit', type=int, default=None, help='evaluate only the first N images')
-  p.add_argument('--output', default='evaluation.json', help='JSON file to write')
+  p.add_argument('--limit', type=int, default=None,
+                 help='evaluate only the first N images (default: all)')
+  p.add_argument('--output', default=None,
+                 help='JSON file to write the results to (default: none, only printed)')
+  p.add_argument('--no_progress', action='store_true', help='no progress bar')
   return p
 
 
+def _print_skipped(skipped: List[Tuple[str, str]]) -> None:
+  for file, reason in skipped:
+    print(f'skipped {file}: {reason}', file=sys.stderr)
+
+
 def main(argv=None) -> int:
-  """Runs the CLI; returns the exit status."""
+  """Runs the CLI.
+
+  Args:
+    argv: arguments (default ``sys.argv[1:]``).
+
+  Returns:
+    0 on success, 2 for an unusable checkpoint, network, data or argument.
+  """
   args = build_parser().parse_args(argv)
   for name in ('n_iters', 'batch_size', 'limit'):
     value = getattr(args, name)
@@ -332,37 +411,43 @@ def main(argv=None) -> int:
   batch_size = -(-args.batch_size // n_dev) * n_dev
   skipped: List[Tuple[str, str]] = []
   try:
+    if args.output is not None:
+      cli_utils.check_output_file(args.output, '--output', example='evaluation.json')
     inverter = load_inverter(args.checkpoint)
     n_iters = args.n_iters or inverter.n_iters
     from interestyle_jax.models.arcface import load_arcface  # pylint: disable=g-import-not-at-top
     from interestyle_jax.models.lpips import load_lpips  # pylint: disable=g-import-not-at-top
-    lpips_net = load_lpips(args.lpips) if args.lpips else None
-    arcface_net = load_arcface(args.arcface) if args.arcface else None
+    size = inverter.encoder_size
+    lpips_net = load_net('--lpips', args.lpips, 'lpips', load_lpips, size) if args.lpips else None
+    arcface_net = (load_net('--arcface', args.arcface, 'arcface', load_arcface, size)
+                   if args.arcface else None)
     if args.data == 'synthetic':
       config = load_training_config(_workdir_of(args.checkpoint), args.config)
+      total = config.synthetic.get('num_heldout')
+      total = min(total, args.limit) if total and args.limit else total
       batches = synthetic_batches(inverter, config, batch_size, args.limit)
     else:
-      batches = folder_batches(args.data, inverter.encoder_size, batch_size, args.limit,
-                               skipped)
-    result = evaluate(inverter, batches, n_iters, lpips_net, arcface_net)
+      pairs = folder.pair_folder(args.data)[:args.limit]
+      total = len(pairs)
+      batches = folder_batches(args.data, size, batch_size, args.limit, skipped, pairs=pairs)
+    result = evaluate(inverter, batches, n_iters, lpips_net, arcface_net, total=total,
+                      progress=not args.no_progress)
   except (FileNotFoundError, artifacts.ArtifactError, folder.DataValidationError,
-          ValueError) as e:
-    for file, reason in skipped:
-      print(f'skipped {file}: {reason}', file=sys.stderr)
+          ValueError) as e:  # OutputPathError is a ValueError
+    _print_skipped(skipped)
     print(f'error: {e}', file=sys.stderr)
     return 2
-  for file, reason in skipped:
-    print(f'skipped {file}: {reason}', file=sys.stderr)
+  _print_skipped(skipped)
   result.update(checkpoint=args.checkpoint, data=args.data, devices=n_dev,
                 skipped=[{'file': f, 'reason': r} for f, r in skipped])
   print(format_table(result))
   print(f'{result["n_images"]} image(s), {n_dev} device(s)'
         + (f', {len(skipped)} skipped' if skipped else ''))
-  parent = os.path.dirname(os.path.abspath(args.output))
-  os.makedirs(parent, exist_ok=True)
-  with open(args.output, 'w') as f:
-    json.dump(result, f, indent=2)
-  print(f'wrote {args.output}')
+  if args.output is not None:
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, 'w') as f:
+      json.dump(result, f, indent=2)
+    print(f'wrote {args.output}')
   return 0
 
 

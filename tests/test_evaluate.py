@@ -229,3 +229,84 @@ def test_synthetic_heldout_matches_training_metrics(trained, tmp_path, capsys):
   assert evaluate_main(['--checkpoint', trained, '--data', 'synthetic', '--config', str(other),
                         '--output', out]) == 2
   assert "generator weights are not the synthetic world" in capsys.readouterr().err
+
+
+def test_no_output_writes_nothing_and_shows_progress(model_dir, data_dir, tmp_path, capsys,
+                                                     monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert evaluate_main(['--checkpoint', model_dir, '--data', data_dir, '--batch_size', '3']) == 0
+  captured = capsys.readouterr()
+  assert os.listdir(tmp_path) == [] and 'wrote' not in captured.out
+  assert 'iter 3' in captured.out  # the table is printed
+  # tqdm on stderr, counting every pair read (the 2 skipped ones included).
+  assert 'evaluating' in captured.err and '6/6' in captured.err
+
+
+def test_output_path_checked_before_loading(model_dir, data_dir, tmp_path, capsys, monkeypatch):
+  import interestyle_jax.evaluate as ev
+
+  def no_loading(path):
+    raise AssertionError('the checkpoint was loaded before --output was checked')
+
+  monkeypatch.setattr(ev, 'load_inverter', no_loading)
+  blocker = tmp_path / 'file'
+  blocker.write_text('x')
+  for out, message in ((str(tmp_path), 'is a folder; give a file path'),
+                       (str(blocker / 'e.json'), 'is a file, not a folder')):
+    assert evaluate_main(['--checkpoint', model_dir, '--data', data_dir, '--output', out]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count('\n') == 1 and err.startswith('error: --output'), err
+
+
+def _damaged(src, dst, edit_meta=None, truncate=False):
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(src, dst)
+  meta_path = os.path.join(dst, 'model.json')
+  if edit_meta is not None:
+    meta = json.load(open(meta_path))
+    edit_meta(meta)
+    json.dump(meta, open(meta_path, 'w'))
+  if truncate:
+    files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(dst, 'variables'))
+             for f in fs]
+    biggest = max(files, key=os.path.getsize)
+    data = open(biggest, 'rb').read()
+    open(biggest, 'wb').write(data[:len(data) // 2])
+  return str(dst)
+
+
+def test_unusable_checkpoint_and_networks_exit_2_in_one_line(model_dir, nets, data_dir,
+                                                              tmp_path, capsys):
+  cases = [
+      (['--checkpoint', _damaged(model_dir, tmp_path / 'trunc', truncate=True)],
+       'variables cannot be read'),
+      (['--checkpoint', model_dir, '--lpips',
+        _damaged(nets[0], tmp_path / 'lp', lambda m: m['lpips'].update(channels=[16] * 5))],
+       '--lpips '),
+      (['--checkpoint', model_dir, '--lpips',
+        _damaged(nets[0], tmp_path / 'lp2', lambda m: m.update(lpips={'colour': 1}))],
+       "unexpected keyword argument 'colour'"),
+      (['--checkpoint', model_dir, '--arcface',
+        _damaged(nets[1], tmp_path / 'arc', truncate=True)],
+       '--arcface: '),
+      (['--checkpoint', model_dir, '--arcface', str(tmp_path / 'missing')],
+       '--arcface ' + str(tmp_path / 'missing') + ' does not exist'),
+  ]
+  out = tmp_path / 'e.json'
+  for argv, message in cases:
+    assert evaluate_main(argv + ['--data', data_dir, '--output', str(out)]) == 2, argv
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1 and 'Traceback' not in err, err
+    assert message in err, err
+  assert not out.exists()
+
+
+def test_help_shows_defaults_and_snake_case_flags():
+  from interestyle_jax.evaluate import build_parser
+  parser = build_parser()
+  for action in parser._actions:  # pylint: disable=protected-access
+    for flag in action.option_strings:
+      if flag not in ('-h', '--help'):
+        assert flag.startswith('--') and '-' not in flag[2:], flag
+  text = ' '.join(parser.format_help().split())  # unwrapped
+  assert '(default: 8)' in text and 'default: none, only printed' in text
