@@ -157,26 +157,32 @@ def eval_step(state, frozen: Dict[str, Any], batch: Dict[str, jnp.ndarray], *,
 
 
 def visualize(state, frozen, batch, *, models: Models, cfg: StepConfig,
-              apply_filter: bool) -> jnp.ndarray:
-  """One image grid: per row x, mask, then (x̃ₜ, ŷₜ) for t = 1..T.
+              apply_filter: bool) -> Dict[str, jnp.ndarray]:
+  """The panels of an image grid (composed on the host by ``training.grids``).
 
   Args:
     state: the TrainState.
     frozen: replicated constants.
-    batch: 'image' ``[b, S, S, 3]`` and 'mask' ``[b, S, S, 1]`` (a few rows).
+    batch: 'image' ``[b, S, S, 3]`` and 'mask' ``[b, S, S, 1]`` (a few rows),
+      optional 'target' ``[b, S, S, 3]`` (the clean image of synthetic data).
     models: the modules.
     cfg: static settings.
     apply_filter: show the UnF-filtered training inputs (train grids) or x̃ = x.
 
   Returns:
-    ``[b * S, (2 + 2T) * S, 3]`` image in [0, 1].
+    dict of images in [0, 1]: 'input' and 'mask' ``[b, S, S, 3]``, 'x_tilde'
+    and 'y_hat' ``[T, b, S, S, 3]`` (iterations 1..T), and 'target' when the
+    batch has one.
   """
   x, m = batch['image'], batch['mask']
   _, x_tilde, y_hats = invert(state.encoder_variables, frozen, x, models=models,
                               cfg=cfg, mask=m, apply_filter=apply_filter)
-  cols = [x, jnp.broadcast_to(m * 2.0 - 1.0, x.shape)]
-  for t in range(cfg.n_iters):
-    cols += [x_tilde[t], y_hats[t]]
-  grid = jnp.concatenate(cols, axis=2)  # [b, S, (2 + 2T) S, 3]
-  grid = grid.reshape((-1,) + grid.shape[2:])
-  return jnp.clip((grid + 1.0) / 2.0, 0.0, 1.0)
+
+  def to_unit(images):
+    return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
+
+  panels = {'input': to_unit(x), 'mask': jnp.broadcast_to(m, x.shape),
+            'x_tilde': to_unit(x_tilde), 'y_hat': to_unit(y_hats)}
+  if 'target' in batch:
+    panels['target'] = to_unit(batch['target'])
+  return panels

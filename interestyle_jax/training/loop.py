@@ -8,11 +8,12 @@ feeds its own share of the batch; process 0 writes logs, grids, the inference
 export and the metrics JSON, and all processes take part in checkpointing.
 
 Outputs in WORKDIR: TensorBoard events (train/eval scalars, steps/s, image
-grids), ``checkpoints/`` (latest), ``best/`` (lowest validation loss),
-``inference/`` (``load_inverter(WORKDIR)``), ``initial_metrics.json`` (the
-step-0 validation) and ``metrics.json`` (final validation, the ratio to step 0
-and the average-image baseline). Re-running the same command resumes from the
-latest checkpoint.
+grids), ``images/`` (the grids as PNG), ``checkpoints/`` (latest), ``best/``
+(lowest validation loss), ``inference/`` (``load_inverter(WORKDIR)``),
+``initial_metrics.json`` (the step-0 validation) and ``metrics.json`` (final
+validation, the ratio to step 0 and the average-image baseline). Re-running
+the same command resumes from the latest checkpoint. The log holds one line
+per log interval and per validation and a closing summary (``logs``).
 """
 
 import functools
@@ -24,13 +25,15 @@ from typing import Any, Dict
 import jax
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import periodic_actions
 from jax.sharding import PartitionSpec as P
 
 from interestyle_jax.ops import xla_options
 from interestyle_jax.training import checkpointing, evaluation, setup as setup_lib
+from interestyle_jax.training import grids, logs
 from interestyle_jax.training import state as state_lib
 from interestyle_jax.training import step as step_lib
+from interestyle_jax.training import workdir as workdir_lib
 from interestyle_jax.training.config import validate
 
 INITIAL_METRICS = 'initial_metrics.json'
@@ -103,7 +106,7 @@ def _write_json(path: str, obj) -> None:
 
 def _local_rows(batch, n: int):
   return {k: np.asarray(v).reshape((-1,) + np.asarray(v).shape[2:])[:n]
-          for k, v in batch.items() if k in ('image', 'mask')}
+          for k, v in batch.items() if k in ('image', 'mask', 'target')}
 
 
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
@@ -117,16 +120,25 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     The final metrics dict written to ``WORKDIR/metrics.json``.
   """
   t_start = time.time()
+  logs.quiet_libraries()
   validate(config, jax.device_count())
-  workdir = os.path.abspath(workdir)
   lead = jax.process_index() == 0
-  if lead:
-    os.makedirs(workdir, exist_ok=True)
-    # The run's full config, so tools (evaluate --data synthetic) can rebuild
-    # its world without the command line that started it.
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  writer = metric_writers.create_default_writer(workdir, just_logging=not lead)
+  workdir = workdir_lib.prepare(workdir, create=lead)
+  # One train.py per workdir (process 0 holds the lock for a multi-host job),
+  # and a re-run must match the saved run's config, before anything is written.
+  with workdir_lib.lock(workdir, enabled=lead):
+    workdir_lib.check_resume(config, workdir)
+    if lead:
+      # The run's full config, so tools (evaluate --data synthetic) can rebuild
+      # its world without the command line that started it.
+      workdir_lib.write_config(config, workdir)
+    return _train_and_evaluate(config, workdir, t_start)
+
+
+def _train_and_evaluate(config, workdir: str, t_start: float) -> Dict[str, Any]:
+  """The run itself, in a locked and checked workdir (see train_and_evaluate)."""
+  lead = jax.process_index() == 0
+  writer = logs.make_writer(workdir, lead)
 
   s = setup_lib.build(config)
   cfg, models = s.step_config, s.models
@@ -135,12 +147,32 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   state = setup_lib.replicate(
       jax.jit(lambda v: state_lib.create_train_state(v, tx))(s.encoder_variables), mesh)
   frozen = setup_lib.replicate(s.frozen, mesh)
-  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
-  restored = ckpt.restore_latest(state)
+
+  def export(step, exported, which):
+    checkpointing.export_inference(
+        workdir, s.encoder_kwargs, s.generator_kwargs, exported.encoder_variables,
+        s.frozen['generator'], s.frozen['latent_avg'], config.model.encoder_size,
+        config.model.n_iters, step, extra_meta={'export': which})
+    logging.info('Exported the %s state (step %d) to %s', which, step,
+                 os.path.join(workdir, checkpointing.INFERENCE_DIR))
+
+  # config.export='best': inference/ follows best/, rewritten when it changes.
+  on_best = (lambda step, best: export(step, best, 'best')) if config.export == 'best' else None
+  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, on_new_best=on_best)
+  restored = ckpt.restore_latest(state)  # falls back past damaged checkpoints
   if restored is not None:
     state = restored
     logging.info('Resumed from %s at step %d', ckpt.latest.directory, int(state.step))
   start = int(state.step)
+  if start > 0:  # inference/ may be deleted, stale, or hold the other config.export
+    want = start if config.export == 'latest' else ckpt.best_step()
+    if want is not None and checkpointing.exported(workdir) != (config.export, want):
+      if config.export == 'latest':
+        export(start, state, 'latest')
+      else:
+        best = ckpt.restore_best(state)
+        if best is not None:
+          export(*best, 'best')
 
   train_coll = evaluation.make_collection(step_lib.train_metric_names(cfg))
   names = evaluation.metric_names(cfg, models, config.data.source == 'synthetic')
@@ -158,19 +190,23 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     with report_progress.timed('eval'):
       result = evaluate(eval_fn, state, frozen, eval_batches(), mesh)
     writer.write_scalars(step, {f'eval/{k}': v for k, v in result.items()})
-    grid = vis_fn(state, frozen, grid_rows, apply_filter=False)
-    writer.write_images(step, {'eval/grid': np.asarray(grid)[None]})
+    logging.info('%s', logs.format_eval(step, result))
+    write_grid('eval', step, vis_fn(state, frozen, grid_rows, apply_filter=False))
     return result
+
+  def write_grid(kind, step, panels):
+    grid = grids.render(grids.columns(jax.device_get(panels), filtered=kind == 'train'))
+    writer.write_images(step, {f'{kind}/grid': grid[None]})
+    if lead:
+      grids.write_png(workdir, kind, step, grid)
 
   def save(step):
     with report_progress.timed('checkpoint'):
       ckpt.save(step, state)
-      checkpointing.export_inference(
-          workdir, s.encoder_kwargs, s.generator_kwargs, state.encoder_variables,
-          s.frozen['generator'], s.frozen['latent_avg'], config.model.encoder_size,
-          config.model.n_iters, step)
+      if config.export == 'latest':
+        export(step, state, 'latest')
 
-  report_progress = periodic_actions.ReportProgress(
+  report_progress = logs.ReportProgress(
       num_train_steps=config.num_train_steps, writer=writer,
       every_steps=config.log_every_steps, every_secs=None)
   hooks = [report_progress]
@@ -202,25 +238,30 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       state, metrics = train_fn(state, frozen, setup_lib.shard_batch(local, mesh),
                                 noise_rng)
     acc = metrics if acc is None else acc.merge(metrics)
+    if step % config.log_every_steps == 0 or step == last:
+      scalars = {k: float(v) for k, v in acc.compute().items()}
+      writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
+      report_progress.scalars = scalars  # shown in the progress line
+      acc = None
     for hook in hooks:
       hook(step)
-    if step % config.log_every_steps == 0 or step == last:
-      writer.write_scalars(step, {f'train/{k}': float(v) for k, v in acc.compute().items()})
-      acc = None
     if step % config.image_every_steps == 0 or step == last:
-      grid = vis_fn(state, frozen, _local_rows(local, config.num_grid_images),
-                    apply_filter=True)
-      writer.write_images(step, {'train/grid': np.asarray(grid)[None]})
+      write_grid('train', step, vis_fn(state, frozen,
+                                       _local_rows(local, config.num_grid_images),
+                                       apply_filter=True))
     if step % config.eval_every_steps == 0 or step == last:
       final = run_eval(step)
       if ckpt.maybe_save_best(step, state, final['loss']):
-        logging.info('New best validation loss %.5f at step %d', final['loss'], step)
+        logging.info('New best validation loss %.5g at step %d (best/%d)', final['loss'],
+                     step, step)
     if step % config.checkpoint_every_steps == 0 or step == last:
       save(step)
   if final is None:  # already trained to num_train_steps: re-evaluate only
     final = run_eval(start)
-    if not os.path.isdir(os.path.join(workdir, 'inference')):
-      save(start)
+    # Nothing is saved again (inference/ was brought up to date at start-up),
+    # except a best/ lost to damage: this evaluation is the only candidate.
+    if ckpt.best_step() is None:
+      ckpt.maybe_save_best(start, state, final['loss'])
   ckpt.wait()
   ckpt.close()
   writer.flush()
@@ -236,5 +277,5 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                                                  final['mse_interest_it0'])
   if lead:
     _write_json(os.path.join(workdir, FINAL_METRICS), report)
-  logging.info('Final metrics: %s', report)
+    logging.info('%s', logs.format_summary(report, workdir))
   return report
