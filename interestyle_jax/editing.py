@@ -15,9 +15,10 @@ to_rgb), low indices control coarse structure (pose, face shape) and high ones
 fine appearance (colour, texture).
 """
 
+import argparse
 import functools
 import os
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import jax.numpy as jnp
 import numpy as np
@@ -75,42 +76,126 @@ def layer_mask(n_styles: int, layers: Layers = None) -> np.ndarray:
   return (idx >= start) & (idx < stop)
 
 
+def _direction_shape_ok(shape: Tuple[int, ...]) -> bool:
+  """Whether ``shape`` is one a direction can have: [D], [1, D], [n, D], [1, n, D]."""
+  return len(shape) in (1, 2) or (len(shape) == 3 and shape[0] == 1)
+
+
+def _tensors_in(obj, torch, prefix: str = '') -> List[Tuple[str, Any]]:
+  """Every tensor in a loaded ``.pt`` object, with its key path."""
+  if isinstance(obj, torch.Tensor):
+    return [(prefix or '<tensor>', obj)]
+  if isinstance(obj, argparse.Namespace):
+    obj = vars(obj)
+  items = (obj.items() if isinstance(obj, Mapping) else
+           enumerate(obj) if isinstance(obj, (list, tuple)) else ())
+  found = []
+  for key, value in items:
+    found += _tensors_in(value, torch, f'{prefix}.{key}' if prefix else str(key))
+  return found
+
+
+def check_finite(values: np.ndarray, source: str) -> np.ndarray:
+  """Refuses NaN / inf in a direction or latent.
+
+  One non-finite value spreads through the generator's modulation to every
+  pixel of every image that uses it (even a style masked out by a layer
+  range: ``0 · NaN`` is NaN), so the grid would be garbage.
+
+  Args:
+    values: the array.
+    source: what it is, for the message (``'direction smile.npy'``).
+
+  Returns:
+    ``values``.
+
+  Raises:
+    ValueError: naming ``source`` and how many values are NaN / infinite.
+  """
+  bad = ~np.isfinite(values)
+  if bad.any():
+    n_nan = int(np.isnan(values).sum())
+    raise ValueError(f'{source} holds {int(bad.sum())} non-finite value(s) of {values.size} '
+                     f'({n_nan} NaN, {int(bad.sum()) - n_nan} inf); it is damaged or was '
+                     'computed from diverged numbers: recompute or re-export it')
+  return values
+
+
 def load_direction(path: str) -> np.ndarray:
   """Reads a latent direction from ``.npy`` or a PyTorch ``.pt``/``.pth`` file.
 
   InterFaceGAN boundaries are ``.npy`` arrays ``[1, D]``; the e4e/ReStyle
   editing directions are ``torch.save``'d tensors (reading them needs the
-  ``torch`` extra). A ``.pt`` holding a dict with exactly one tensor is
-  accepted too.
+  ``torch`` extra; only tensors and plain containers are unpickled). The file
+  must hold exactly one tensor of a direction's shape, possibly inside a
+  container (``{'direction': t}``): a model checkpoint or state dict (many
+  tensors; a StyleGAN2 ``.pt``'s ``latent_avg`` is not a direction) is refused.
 
   Args:
     path: the file.
 
   Returns:
-    float32 array as stored (shape checked by :func:`check_direction`).
+    float32 array as stored, ``[D]``, ``[1, D]``, ``[n_styles, D]`` or
+    ``[1, n_styles, D]`` (sizes checked by :func:`check_direction`).
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: unreadable file, not exactly one tensor, a shape no
+      direction has, non-numeric or non-finite values (the message names
+      the file).
   """
   ext = os.path.splitext(path)[1].lower()
   if not os.path.isfile(path):
     raise FileNotFoundError(f'direction file {path} does not exist')
   if ext == '.npy':
-    return np.asarray(np.load(path, allow_pickle=False), np.float32)
-  if ext in ('.pt', '.pth'):
+    try:
+      arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # pickled objects, truncated files
+      raise ValueError(f'direction file {path} is not a readable .npy array '
+                       f'({type(e).__name__}: {e})') from e
+    if not isinstance(arr, np.ndarray):  # an .npz archive saved under .npy
+      raise ValueError(f'direction file {path} holds several arrays (an .npz archive), not '
+                       'one direction; save the direction alone with np.save')
+    name = '<array>'
+  elif ext in ('.pt', '.pth'):
     from interestyle_jax.convert.common import require_torch  # pylint: disable=g-import-not-at-top
     torch = require_torch()
-    obj = torch.load(path, map_location='cpu', weights_only=True)
-    if isinstance(obj, dict):
-      tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
-      if len(tensors) != 1:
-        raise ValueError(f'{path} holds a dict with {len(tensors)} tensors '
-                         f'({", ".join(map(str, obj))}); expected a single direction tensor')
-      obj = tensors[0]
-    if not isinstance(obj, torch.Tensor):
-      raise ValueError(f'{path} holds a {type(obj).__name__}, expected a direction tensor')
-    return obj.detach().float().numpy()
-  raise ValueError(f'direction file {path} must be .npy, .pt or .pth')
+    try:
+      with torch.serialization.safe_globals([argparse.Namespace]):
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # pylint: disable=broad-except
+      # torch raises UnpicklingError, RuntimeError, EOFError… for files it
+      # cannot or will not (arbitrary Python objects) read.
+      first = (str(e).strip().splitlines() or [''])[0][:200]
+      raise ValueError(f'direction file {path} is not a readable tensor file '
+                       f'({type(e).__name__}: {first})') from e
+    tensors = _tensors_in(obj, torch)
+    if len(tensors) != 1:
+      names = [k for k, _ in tensors]
+      shown = ', '.join(names[:4]) + (f' … and {len(names) - 4} more' if len(names) > 4 else '')
+      raise ValueError(f'direction file {path} holds {len(tensors)} tensors'
+                       + (f' ({shown})' if names else '') + ', not one direction'
+                       + (' — a model checkpoint or state dict?' if len(tensors) > 1 else '')
+                       + '; give a file holding a single [D] or [n_styles, D] tensor')
+    name, tensor = tensors[0]
+    if name.split('.')[-1] == 'latent_avg':
+      raise ValueError(f'direction file {path} holds only {name!r}: the generator\'s average '
+                       'latent, not an editing direction')
+    arr = tensor.detach().cpu()
+    if arr.is_complex() or arr.dtype == torch.bool:
+      raise ValueError(f'direction file {path}: tensor {name} is {arr.dtype}, not real numbers')
+    arr = arr.float().numpy()
+  else:
+    raise ValueError(f'direction file {path} must be .npy, .pt or .pth')
+  if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    raise ValueError(f'direction file {path} holds {arr.dtype} values, not real numbers')
+  if not _direction_shape_ok(arr.shape):
+    raise ValueError(f'direction file {path} holds {name} of shape {tuple(arr.shape)}, which '
+                     'no direction has: expected [D], [1, D] or [n_styles, D]')
+  return check_finite(np.asarray(arr, np.float32), f'direction file {path}')
 
 
-def check_direction(direction, n_styles: int, style_dim: int) -> np.ndarray:
+def check_direction(direction, n_styles: int, style_dim: int, source: str = '') -> np.ndarray:
   """Brings a direction to ``[n_styles, D]``, or says why it does not fit.
 
   Args:
@@ -118,12 +203,14 @@ def check_direction(direction, n_styles: int, style_dim: int) -> np.ndarray:
       ``[1, n_styles, D]``.
     n_styles: W+ entries of the latents to edit.
     style_dim: latent width D.
+    source: where it comes from (a file name), for messages.
 
   Returns:
     float32 ``[n_styles, D]``.
   """
   d = np.asarray(direction, np.float32)
   shape = d.shape
+  what = f'the direction {source}' if source else 'the direction'
   if d.ndim == 3 and d.shape[0] == 1:
     d = d[0]
   if d.ndim == 2 and d.shape[0] == 1:
@@ -132,7 +219,7 @@ def check_direction(direction, n_styles: int, style_dim: int) -> np.ndarray:
     return np.broadcast_to(d, (n_styles, style_dim)).copy()
   if d.shape == (n_styles, style_dim):
     return d
-  raise ValueError(f'the direction has shape {shape} but the latents are [{n_styles}, '
+  raise ValueError(f'{what} has shape {shape} but the latents are [{n_styles}, '
                    f'{style_dim}] (W+): expected [{style_dim}] or [{n_styles}, {style_dim}]. '
                    'Was it made for another generator (e.g. 512-d FFHQ directions on a '
                    'smaller model)?')

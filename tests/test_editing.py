@@ -126,7 +126,7 @@ def test_edit_cli(model_dir, latents, tmp_path, capsys):
   np.save(src, latents[0])
   np.save(tgt, latents[1][None])  # [1, n, D] is accepted too
   photo = str(tmp_path / 'photo.png')
-  Image.fromarray(tc.photos(1, 40)[0]).save(photo)
+  Image.fromarray(tc.photos(1, 48)[0][:40]).save(photo)  # 48x40: squashed, with a warning
   direction = str(tmp_path / 'dir.npy')
   np.save(direction, np.ones(D, np.float32))
   common = ['--checkpoint', model_dir, '--tile', '16', '--save_latents']
@@ -144,6 +144,8 @@ def test_edit_cli(model_dir, latents, tmp_path, capsys):
   np.testing.assert_allclose(lat[0, 2, :3], latents[0, :3] + 2.0, atol=1e-5)
   np.testing.assert_array_equal(lat[0, 2, 3:], latents[0, 3:])
   assert Image.open(out).size == (3 * 18 - 2, 2 * 18 - 2)
+  err = capsys.readouterr().err
+  assert 'squashed 1 non-square image(s) to 32x32' in err and f'{photo} (48x40)' in err
 
   out = str(tmp_path / 'mix.png')
   assert edit_main(['mix', *common, '--source', src, '--target', src, '--layers', '0:4', '4:',
@@ -172,7 +174,7 @@ def test_edit_cli_errors(model_dir, tmp_path, capsys):
   out = str(tmp_path / 'x.png')
   base = ['--checkpoint', model_dir, '--output', out]
   assert edit_main(['direction', *base, '--input', src, '--direction', bad_dir]) == 2
-  assert 'direction has shape (512,)' in capsys.readouterr().err
+  assert f'the direction {bad_dir} has shape (512,)' in capsys.readouterr().err
   assert edit_main(['mix', *base, '--source', src, '--target', src, '--layers', '3:12']) == 2
   assert '0 <= start < stop <= 8' in capsys.readouterr().err
   np.save(str(tmp_path / 'wrong.npy'), np.zeros((N + 1, D), np.float32))
@@ -190,3 +192,120 @@ def test_edit_cli_errors(model_dir, tmp_path, capsys):
                     '--target', src, '--layers', '0:2']) == 2
   assert "'lpips' model, expected restyle" in capsys.readouterr().err
   assert not os.path.exists(out)
+
+
+def test_load_direction_refuses_anything_but_one_finite_direction(tmp_path):
+  bad = np.arange(D, dtype=np.float32)
+  bad[3], bad[5] = np.nan, np.inf
+  np.save(tmp_path / 'nan.npy', bad)
+  with pytest.raises(ValueError, match=r'nan.npy holds 2 non-finite value\(s\) of 16 '
+                                       r'\(1 NaN, 1 inf\)'):
+    editing.load_direction(str(tmp_path / 'nan.npy'))
+  np.save(tmp_path / 'cube.npy', np.zeros((2, 3, 4), np.float32))
+  with pytest.raises(ValueError, match=r'cube.npy holds .* shape \(2, 3, 4\), which no '
+                                       'direction has'):
+    editing.load_direction(str(tmp_path / 'cube.npy'))
+  np.save(tmp_path / 'obj.npy', np.array([{'a': 1}], dtype=object), allow_pickle=True)
+  with pytest.raises(ValueError, match='obj.npy is not a readable .npy array'):
+    editing.load_direction(str(tmp_path / 'obj.npy'))
+  with open(tmp_path / 'zip.npy', 'wb') as f:
+    np.savez(f, a=np.zeros(D), b=np.ones(D))
+  with pytest.raises(ValueError, match='zip.npy holds several arrays'):
+    editing.load_direction(str(tmp_path / 'zip.npy'))
+  np.save(tmp_path / 'text.npy', np.array(['smile']))
+  with pytest.raises(ValueError, match='not real numbers'):
+    editing.load_direction(str(tmp_path / 'text.npy'))
+
+
+def _stylegan2_like(torch):
+  """The layout of rosinality's stylegan2-ffhq-config-f.pt (g, d, g_ema, latent_avg, args)."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  g = {'style.1.weight': torch.randn(D, D), 'conv1.conv.weight': torch.randn(1, 4, 4, 3, 3)}
+  return {'g': g, 'd': {'convs.0.0.weight': torch.randn(4, 3, 1, 1)}, 'g_ema': dict(g),
+          'latent_avg': torch.randn(D), 'args': argparse.Namespace(size=32, latent=D)}
+
+
+def test_load_direction_refuses_checkpoints(tmp_path):
+  torch = pytest.importorskip('torch')
+  path = str(tmp_path / 'stylegan2.pt')
+  torch.save(_stylegan2_like(torch), path)
+  with pytest.raises(ValueError, match=r'stylegan2.pt holds 6 tensors \(g.style.1.weight, '
+                                       r'.*model checkpoint or state dict'):
+    editing.load_direction(path)
+  torch.save({'latent_avg': torch.randn(D)}, tmp_path / 'avg.pt')
+  with pytest.raises(ValueError, match="avg.pt holds only 'latent_avg'.*not an editing"):
+    editing.load_direction(str(tmp_path / 'avg.pt'))
+  torch.save(torch.nn.Linear(D, D).state_dict(), tmp_path / 'sd.pt')
+  with pytest.raises(ValueError, match=r'sd.pt holds 2 tensors \(weight, bias\)'):
+    editing.load_direction(str(tmp_path / 'sd.pt'))
+  torch.save({'name': 'smile'}, tmp_path / 'none.pt')
+  with pytest.raises(ValueError, match='none.pt holds 0 tensors, not one direction'):
+    editing.load_direction(str(tmp_path / 'none.pt'))
+  d = torch.randn(1, D)
+  torch.save({'boundary': [d], 'attribute': 'smile'}, tmp_path / 'nested.pt')  # one tensor
+  np.testing.assert_array_equal(editing.load_direction(str(tmp_path / 'nested.pt')), d.numpy())
+  inf = d.clone()
+  inf[0, 0] = float('inf')
+  torch.save(inf, tmp_path / 'inf.pt')
+  with pytest.raises(ValueError, match=r'inf.pt holds 1 non-finite value\(s\)'):
+    editing.load_direction(str(tmp_path / 'inf.pt'))
+  (tmp_path / 'junk.pt').write_bytes(b'not a torch file')
+  with pytest.raises(ValueError, match='junk.pt is not a readable tensor file'):
+    editing.load_direction(str(tmp_path / 'junk.pt'))
+
+
+def test_edit_cli_refuses_checkpoint_direction_and_nan_latent(model_dir, tmp_path, capsys):
+  torch = pytest.importorskip('torch')
+  src = str(tmp_path / 'a.npy')
+  np.save(src, np.zeros((N, D), np.float32))
+  ckpt = str(tmp_path / 'stylegan2.pt')
+  torch.save(_stylegan2_like(torch), ckpt)
+  out = tmp_path / 'x.png'
+  base = ['--checkpoint', model_dir, '--output', str(out)]
+  assert edit_main(['direction', *base, '--input', src, '--direction', ckpt]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f'error: direction file {ckpt} holds 6 tensors') and err.count('\n') == 1
+  nan = np.zeros((N, D), np.float32)
+  nan[2, :3] = np.nan
+  np.save(tmp_path / 'nan.npy', nan)
+  assert edit_main(['interpolate', *base, '--source', src,
+                    '--target', str(tmp_path / 'nan.npy')]) == 2
+  err = capsys.readouterr().err
+  assert f'latent {tmp_path / "nan.npy"} holds 3 non-finite value(s)' in err
+  assert err.count('\n') == 1
+  assert not out.exists()
+
+
+def test_edit_output_checked_before_loading(tmp_path, capsys, monkeypatch):
+  from interestyle_jax import inference
+
+  def no_loading(path):
+    raise AssertionError('the checkpoint was loaded before --output was checked')
+
+  monkeypatch.setattr(inference, 'load_inverter', no_loading)
+  src = str(tmp_path / 'a.npy')
+  np.save(src, np.zeros((N, D), np.float32))
+  (tmp_path / 'grid.npy').mkdir()  # where --save_latents would write
+  cases = [([str(tmp_path)], 'is a folder; give a file path'),
+           ([str(tmp_path / 'grid')], 'cannot write a file without extension images'),
+           ([str(tmp_path / 'grid.png'), '--save_latents'], '--save_latents: the file'),
+           ([str(tmp_path / 'a.npy' / 'g.png')], 'is a file, not a folder')]
+  for output, message in cases:
+    assert edit_main(['mix', '--checkpoint', 'nope', '--source', src, '--target', src,
+                      '--layers', '0:2', '--output', *output]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count('\n') == 1 and err.startswith('error: '), err
+
+
+def test_edit_help_shows_defaults():
+  from interestyle_jax.edit import build_parser
+  parser = build_parser()
+  subs = parser._subparsers._group_actions[0].choices  # pylint: disable=protected-access
+  for q in [parser, *subs.values()]:
+    for action in q._actions:  # pylint: disable=protected-access
+      for flag in action.option_strings:
+        if flag not in ('-h', '--help'):
+          assert flag.startswith('--') and '-' not in flag[2:], flag
+  text = ' '.join(subs['direction'].format_help().split())
+  assert '(default: -3.0 -1.5 0.0 1.5 3.0)' in text and '(default: 256)' in text
+  assert '(default: 8)' in ' '.join(subs['interpolate'].format_help().split())
