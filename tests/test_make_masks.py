@@ -186,11 +186,16 @@ def test_auto_format_and_cli_errors(tmp_path, capsys):
   write_png(str(tmp_path / 'l' / '7.png'), np.zeros((4, 4), np.uint8))
   assert mm.find_jobs(str(tmp_path / 'l'), 'auto')[0] == 'labels'
   assert mm.main(['--input_dir', str(tmp_path / 'empty_nothing'), '--output_dir',
-                  str(tmp_path / 'o')]) == 1
+                  str(tmp_path / 'o')]) == 2
+  assert 'empty_nothing is not a folder' in capsys.readouterr().err
+  (tmp_path / 'empty').mkdir()
+  assert mm.main(['--input_dir', str(tmp_path / 'empty'), '--output_dir',
+                  str(tmp_path / 'o')]) == 2
   assert 'no .png file' in capsys.readouterr().err
   assert mm.main(['--input_dir', str(tmp_path / 'p'), '--output_dir', str(tmp_path / 'o'),
-                  '--classes', 'wings']) == 1
+                  '--classes', 'wings']) == 2
   assert "unknown class 'wings'" in capsys.readouterr().err
+  assert not (tmp_path / 'o').exists()
 
 
 def test_match_dir_keeps_only_the_images_present(tmp_path, capsys):
@@ -203,7 +208,7 @@ def test_match_dir_keeps_only_the_images_present(tmp_path, capsys):
           '--size', '0', '--match_dir', str(tmp_path / 'imgs')]
   assert mm.main(argv + ['--stem_format', '{id}']) == 0
   assert sorted(os.listdir(tmp_path / 'out')) == ['1.png', '3.png']
-  assert mm.main(argv) == 1  # '00001' does not match '1': told to fix --stem_format
+  assert mm.main(argv) == 2  # '00001' does not match '1': told to fix --stem_format
   assert 'have no parsing input: 1, 3' in capsys.readouterr().err
 
 
@@ -227,3 +232,100 @@ def test_celebahq_split(tmp_path):
                   str(tmp_path / 'list_eval_partition.txt'), '--output_dir', str(out)]) == 0
   assert sorted(os.listdir(out)) == ['2.jpg', '3.jpg']
   assert (out / '2.jpg').read_bytes() == b'jpeg'
+
+
+def _one_line_error(capsys) -> str:
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and err.count('\n') == 1, err
+  return err
+
+
+def test_id_format_refuses_non_numeric_stems_before_writing(tmp_path, capsys):
+  for stem in ('00001', '00002', 'extra', 'notes'):
+    write_png(str(tmp_path / 'in' / f'{stem}.png'), label_map(1))
+  out = tmp_path / 'out'
+  assert mm.main(['--input_dir', str(tmp_path / 'in'), '--output_dir', str(out),
+                  '--stem_format', '{id}', '--workers', '1']) == 2
+  err = _one_line_error(capsys)
+  assert str(tmp_path / 'in' / 'extra.png') in err and "stem 'extra'" in err
+  assert 'and 1 more input(s)' in err and "--stem_format='{stem}'" in err
+  assert not out.exists()  # nothing written, not even the numeric ones
+
+
+def test_id_format_collisions_are_refused_naming_both_files(tmp_path, capsys):
+  face = np.zeros((8, 8), np.uint8)
+  face[2:6, 2:6] = 1  # skin
+  write_png(str(tmp_path / 'in' / '0042.png'), face)
+  write_png(str(tmp_path / 'in' / '42.png'), np.zeros((8, 8), np.uint8))  # would win: all zero
+  write_png(str(tmp_path / 'in' / '7.png'), face)
+  out = tmp_path / 'out'
+  argv = ['--input_dir', str(tmp_path / 'in'), '--output_dir', str(out), '--size', '0']
+  assert mm.main(argv + ['--stem_format', '{id}']) == 2
+  err = _one_line_error(capsys)
+  assert str(tmp_path / 'in' / '0042.png') in err and str(tmp_path / 'in' / '42.png') in err
+  assert 'same output name 42.png' in err and "'{stem}'" in err
+  assert not out.exists()
+  # Parts spread over sub-folders, and case-only differences (merged by
+  # case-insensitive file systems), collide too.
+  write_png(str(tmp_path / 'anno' / '0' / '00042_hair.png'), face)
+  write_png(str(tmp_path / 'anno' / '1' / '42_skin.png'), face)
+  assert mm.main(['--input_dir', str(tmp_path / 'anno'), '--output_dir', str(out),
+                  '--stem_format', '{id}']) == 2
+  err = _one_line_error(capsys)
+  assert str(tmp_path / 'anno' / '0' / '00042_hair.png') in err
+  assert str(tmp_path / 'anno' / '1' / '42_skin.png') in err
+  write_png(str(tmp_path / 'case' / 'A.png'), face)
+  write_png(str(tmp_path / 'case' / 'a.png'), face)
+  assert mm.main(['--input_dir', str(tmp_path / 'case'), '--output_dir', str(out)]) == 2
+  assert 'same output name' in _one_line_error(capsys)
+  assert not out.exists()
+  # The default '{stem}' keeps them apart.
+  assert mm.main(argv) == 0
+  assert sorted(os.listdir(out)) == ['0042.png', '42.png', '7.png']
+
+
+def test_duplicate_part_files_and_bad_formats_are_refused(tmp_path, capsys):
+  hair = np.full((4, 4), 255, np.uint8)
+  write_png(str(tmp_path / 'anno' / '0' / '00001_hair.png'), hair)
+  write_png(str(tmp_path / 'anno' / '1' / '00001_hair.png'), np.zeros((4, 4), np.uint8))
+  out = tmp_path / 'out'
+  assert mm.main(['--input_dir', str(tmp_path / 'anno'), '--output_dir', str(out)]) == 2
+  err = _one_line_error(capsys)
+  assert "both the 'hair' part of image '00001'" in err
+  assert str(tmp_path / 'anno' / '0' / '00001_hair.png') in err
+  write_png(str(tmp_path / 'l' / '3.png'), np.zeros((4, 4), np.uint8))
+  for fmt, message in (('{stem', 'is not a valid format'), ('{name}', 'uses {name}'),
+                       ('a/{stem}', 'not a plain file name')):
+    assert mm.main(['--input_dir', str(tmp_path / 'l'), '--output_dir', str(out),
+                    '--stem_format', fmt]) == 2
+    assert message in _one_line_error(capsys)
+  assert not out.exists()
+
+
+def test_output_dir_checked_before_any_mask(tmp_path, capsys):
+  for i in range(3):
+    write_png(str(tmp_path / 'in' / f'{i}.png'), label_map(i))
+  taken = tmp_path / 'taken'
+  taken.write_text('x')
+  argv = ['--input_dir', str(tmp_path / 'in'), '--size', '0']
+  assert mm.main(argv + ['--output_dir', str(taken)]) == 2
+  assert f'--output_dir {taken} is a file, not a folder' in _one_line_error(capsys)
+  assert mm.main(argv + ['--output_dir', str(taken / 'masks')]) == 2
+  assert 'is a file, not a folder' in _one_line_error(capsys)
+  out = tmp_path / 'out'
+  (out / '1.png').mkdir(parents=True)  # a folder where a mask goes
+  assert mm.main(argv + ['--output_dir', str(out)]) == 2
+  assert 'holds a folder 1.png where a mask goes' in _one_line_error(capsys)
+  assert os.listdir(out) == ['1.png']  # 0.png and 2.png were not written either
+
+
+def test_help_shows_defaults_and_snake_case_flags():
+  parser = mm.build_parser()
+  for action in parser._actions:  # pylint: disable=protected-access
+    for flag in action.option_strings:
+      if flag not in ('-h', '--help'):
+        assert flag.startswith('--') and '-' not in flag[2:], flag
+  text = ' '.join(parser.format_help().split())
+  for default in ('(default: face,hair)', '(default: 5.0)', '(default: 2.5)', '(default: 256)',
+                  '(default: {stem})', '(default: face_parsing)'):
+    assert default in text, default

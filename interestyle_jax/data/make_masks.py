@@ -30,6 +30,12 @@ dilated by a disk of ``--dilate`` pixels, softened by a Gaussian of
 there), resized to ``--size`` and written as an 8-bit PNG (255 = interest).
 ``--dilate`` and ``--sigma`` are in pixels of the written mask; the work is
 done at the input resolution with both scaled, then resized.
+
+Every output name is computed, and the output folder checked, before any mask
+is written: a ``--stem_format`` that cannot name an input (``{id}`` of a
+non-numeric stem) or gives two inputs the same name (``0042`` and ``42`` under
+``{id}``) stops the run with nothing written. Exit status: 0 when masks were
+written, 1 when none could be, 2 for an unusable argument.
 """
 
 import argparse
@@ -42,6 +48,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
+
+from interestyle_jax import cli_utils
 
 FACE_PARSING = ('background', 'skin', 'l_brow', 'r_brow', 'l_eye', 'r_eye', 'eye_g',
                 'l_ear', 'r_ear', 'ear_r', 'nose', 'mouth', 'u_lip', 'l_lip', 'neck',
@@ -279,6 +287,20 @@ class Job(NamedTuple):
   source: object  # labels: a path; parts: {part: path}
 
 
+def job_file(job: Job) -> str:
+  """One input file of a job, to name it in messages.
+
+  Args:
+    job: the job.
+
+  Returns:
+    The label map, or the first part file (sorted by part name).
+  """
+  if isinstance(job.source, dict):
+    return job.source[sorted(job.source)[0]]
+  return str(job.source)
+
+
 def find_jobs(input_dir: str, fmt: str) -> Tuple[str, List[Job]]:
   """Lists the inputs and decides the format.
 
@@ -305,7 +327,11 @@ def find_jobs(input_dir: str, fmt: str) -> Tuple[str, List[Job]]:
     for p in pngs:
       m = _PART_RE.match(os.path.splitext(os.path.basename(p))[0])
       if m:
-        jobs.setdefault(m['stem'], {})[m['part']] = p
+        parts = jobs.setdefault(m['stem'], {})
+        if m['part'] in parts:  # one would silently replace the other
+          raise ValueError(f'{parts[m["part"]]} and {p} are both the {m["part"]!r} part of '
+                           f'image {m["stem"]!r}; remove one of them')
+        parts[m['part']] = p
   else:
     for p in pngs:
       stem = os.path.splitext(os.path.basename(p))[0]
@@ -326,24 +352,91 @@ def output_name(stem: str, stem_format: str) -> str:
 
   Returns:
     ``<name>.png``.
+
+  Raises:
+    ValueError: the format is malformed, uses a field this stem lacks
+      (``{id}`` of a non-numeric stem), or names something other than a
+      plain file.
   """
   fields = {'stem': stem}
-  if stem.isdigit():
+  if re.fullmatch(r'[0-9]+', stem):  # not str.isdigit: '²' is a digit int() refuses
     fields['id'] = int(stem)
   try:
-    return stem_format.format(**fields) + '.png'
+    name = stem_format.format(**fields)
   except KeyError as e:
-    raise ValueError(f'--stem_format {stem_format!r} uses {e} but stem {stem!r} has no such '
-                     'field ({id} needs a numeric stem)') from e
+    if e.args and e.args[0] == 'id':
+      raise ValueError(f"--stem_format={stem_format!r} needs numeric stems, but stem {stem!r} "
+                       "is not a number") from e
+    raise ValueError(f'--stem_format={stem_format!r} uses {{{e.args[0]}}}; the fields are '
+                     '{stem} and {id}') from e
+  except (IndexError, ValueError) as e:
+    raise ValueError(f'--stem_format={stem_format!r} is not a valid format for stem {stem!r} '
+                     f'({e}); use e.g. \'{{stem}}\' or \'{{id}}\'') from e
+  if not name or name in ('.', '..') or '/' in name or os.sep in name:
+    raise ValueError(f'--stem_format={stem_format!r} turns stem {stem!r} into {name!r}, not a '
+                     'plain file name')
+  return name + '.png'
 
 
-def match_images(jobs: List[Job], image_dir: str, stem_format: str) -> List[Job]:
+def output_names(jobs: Sequence[Job], stem_format: str) -> Dict[str, str]:
+  """Every output file name, computed before anything is written.
+
+  Args:
+    jobs: all inputs.
+    stem_format: see :func:`output_name`.
+
+  Returns:
+    stem → ``<name>.png``, one distinct name per job.
+
+  Raises:
+    ValueError: one line naming the first input that cannot be named (and
+      how many more), or the first two inputs given the same name (and how
+      many more collisions), with the fix.
+  """
+  names: Dict[str, str] = {}
+  owner: Dict[str, Job] = {}
+  unnamed: List[Tuple[Job, ValueError]] = []
+  clashes: List[Tuple[Job, Job, str]] = []
+  for job in jobs:
+    try:
+      name = output_name(job.stem, stem_format)
+    except ValueError as e:
+      unnamed.append((job, e))
+      continue
+    # Case-insensitive file systems (macOS, Windows) would merge A.png and a.png.
+    key = name.lower()
+    if key in owner:
+      clashes.append((owner[key], job, name))
+      continue
+    owner[key] = job
+    names[job.stem] = name
+  if unnamed:
+    job, e = unnamed[0]
+    more = f' (and {len(unnamed) - 1} more input(s) like it)' if len(unnamed) > 1 else ''
+    if "needs numeric stems" in str(e):
+      raise ValueError(f"--stem_format={stem_format!r} needs numeric stems, but {job_file(job)} "
+                       f"has the stem {job.stem!r}{more}; remove or rename such files, or use "
+                       "--stem_format='{stem}' (nothing was written)")
+    raise ValueError(f'{e} ({job_file(job)}{more}; nothing was written)')
+  if clashes:
+    a, b, name = clashes[0]
+    more = f' (and {len(clashes) - 1} more collision(s))' if len(clashes) > 1 else ''
+    raise ValueError(f'--stem_format={stem_format!r} gives {job_file(a)} (stem {a.stem!r}) and '
+                     f'{job_file(b)} (stem {b.stem!r}) the same output name {name}{more}; '
+                     "remove or rename one of them, or use a --stem_format that keeps them "
+                     "apart such as '{stem}' (nothing was written)")
+  return names
+
+
+def match_images(jobs: List[Job], image_dir: str, stem_format: str,
+                 names: Optional[Dict[str, str]] = None) -> List[Job]:
   """Keeps the jobs whose output name matches an image in ``image_dir``.
 
   Args:
     jobs: all inputs.
     image_dir: folder of images (searched recursively).
     stem_format: see :func:`output_name`.
+    names: :func:`output_names` of ``jobs``, when already computed.
 
   Returns:
     The matching jobs.
@@ -352,8 +445,9 @@ def match_images(jobs: List[Job], image_dir: str, stem_format: str) -> List[Job]
     ValueError: some images have no input (listed), or none match.
   """
   from interestyle_jax.data import folder  # pylint: disable=g-import-not-at-top
+  names = output_names(jobs, stem_format) if names is None else names
   images = folder.list_files(image_dir, folder.IMAGE_EXTS)
-  by_out = {output_name(j.stem, stem_format)[:-len('.png')]: j for j in jobs}
+  by_out = {names[j.stem][:-len('.png')]: j for j in jobs}
   lacking = sorted(set(images) - set(by_out))
   if lacking:
     raise ValueError(f'{len(lacking)} image(s) in {image_dir} have no parsing input: '
@@ -362,18 +456,20 @@ def match_images(jobs: List[Job], image_dir: str, stem_format: str) -> List[Job]
   return [by_out[s] for s in sorted(images)]
 
 
-def process(job: Job, fmt: str, args) -> Tuple[str, Optional[str], bool]:
+def process(job: Job, fmt: str, args, name: Optional[str] = None
+            ) -> Tuple[str, Optional[str], bool]:
   """Makes and writes one mask.
 
   Args:
     job: the input.
     fmt: 'parts' or 'labels'.
     args: parsed CLI options (classes, ids, dilate, sigma, size, output…).
+    name: the output file name (default: from ``args.stem_format``).
 
   Returns:
     (stem, problem or None, empty) — ``problem`` says why it was skipped.
   """
-  out = os.path.join(args.output_dir, output_name(job.stem, args.stem_format))
+  out = os.path.join(args.output_dir, name or output_name(job.stem, args.stem_format))
   if args.skip_existing and os.path.exists(out):
     return job.stem, None, False
   try:
@@ -395,11 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
   """The CLI parser."""
   p = argparse.ArgumentParser(prog='python -m interestyle_jax.data.make_masks',
                               description=__doc__.split('\n\n')[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              formatter_class=cli_utils.HelpFormatter,
                               epilog=__doc__.split('\n\n', 1)[1])
   p.add_argument('--input_dir', required=True, help='part masks or label maps (searched recursively)')
   p.add_argument('--output_dir', required=True, help='where <stem>.png masks are written')
-  p.add_argument('--format', default='auto', choices=('auto', 'parts', 'labels'))
+  p.add_argument('--format', default='auto', choices=('auto', 'parts', 'labels'),
+                 help='input format; auto tells them apart by file names')
   p.add_argument('--convention', default='face_parsing', choices=sorted(CONVENTIONS),
                  help='class-id order of label maps (ignored for parts)')
   p.add_argument('--classes', default=DEFAULT_CLASSES,
@@ -409,12 +506,32 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--size', type=int, default=256, help='output side (0 = input size)')
   p.add_argument('--stem_format', default='{stem}',
                  help="output name: '{stem}' keeps it, '{id}' drops leading zeros")
-  p.add_argument('--match_dir', default='',
+  p.add_argument('--match_dir', default=None,
                  help='only make masks for the images in this folder (matched by output name), '
                       'e.g. the 2,824 CelebA-HQ test images out of 30,000 annotations')
   p.add_argument('--skip_existing', action='store_true', help='keep masks already written')
-  p.add_argument('--workers', type=int, default=0, help='threads (0 = one per CPU)')
+  p.add_argument('--workers', type=int, default=0, help='threads, 0 = one per CPU')
   return p
+
+
+def check_outputs(output_dir: str, names: Sequence[str]) -> None:
+  """Checks, before any work, that every mask can be written.
+
+  Args:
+    output_dir: ``--output_dir``.
+    names: the output file names.
+
+  Raises:
+    cli_utils.OutputPathError: the folder is a file or not writable, or a
+      folder stands where a mask goes.
+  """
+  cli_utils.check_output_dir(output_dir, '--output_dir')
+  blocked = [n for n in names if os.path.isdir(os.path.join(output_dir, n))]
+  if blocked:
+    raise cli_utils.OutputPathError(
+        f'--output_dir {output_dir} holds a folder {blocked[0]} where a mask goes'
+        + (f' (and {len(blocked) - 1} more)' if len(blocked) > 1 else '')
+        + '; move it away or choose another --output_dir')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -424,20 +541,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv: arguments (default ``sys.argv[1:]``).
 
   Returns:
-    0 when at least one mask was written, 1 otherwise.
+    0 when at least one mask was written, 1 when none was, 2 for an unusable
+    argument (reported before anything is written).
   """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   args = build_parser().parse_args(argv)
   try:
+    if args.workers < 0:
+      raise ValueError(f'--workers must be >= 0, got {args.workers}')
+    cli_utils.check_output_dir(args.output_dir, '--output_dir')
     args.class_names = parse_classes(args.classes)
     args.ids = class_ids(args.class_names, args.convention)
+    if not os.path.isdir(args.input_dir):
+      raise ValueError(f'--input_dir {args.input_dir} is not a folder')
     fmt, jobs = find_jobs(args.input_dir, args.format)
-    output_name(jobs[0].stem, args.stem_format)  # bad formats fail before any work
+    names = output_names(jobs, args.stem_format)  # every name before any write
     if args.match_dir:
-      jobs = match_images(jobs, args.match_dir, args.stem_format)
-  except ValueError as e:
+      jobs = match_images(jobs, args.match_dir, args.stem_format, names)
+    check_outputs(args.output_dir, [names[j.stem] for j in jobs])
+  except ValueError as e:  # OutputPathError included
     print(f'error: {e}', file=sys.stderr)
-    return 1
+    return 2
   os.makedirs(args.output_dir, exist_ok=True)
   print(f'{len(jobs)} {fmt} inputs → {args.output_dir}; classes {",".join(args.class_names)}'
         + (f' (ids {args.ids}, {args.convention})' if fmt == 'labels' else ''))
@@ -446,7 +570,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   # Threads: Pillow and the NumPy array ops release the GIL, and threads
   # avoid forking a process that may hold TensorFlow state.
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    futures = [pool.submit(process, j, fmt, args) for j in jobs]
+    futures = [pool.submit(process, j, fmt, args, names[j.stem]) for j in jobs]
     for f in tqdm(concurrent.futures.as_completed(futures), total=len(futures),
                   unit='mask', file=sys.stderr):
       stem, problem, is_empty = f.result()
