@@ -309,3 +309,26 @@ def test_edit_help_shows_defaults():
   text = ' '.join(subs['direction'].format_help().split())
   assert '(default: -3.0 -1.5 0.0 1.5 3.0)' in text and '(default: 256)' in text
   assert '(default: 8)' in ' '.join(subs['interpolate'].format_help().split())
+
+
+def test_edit_unusable_checkpoint_is_one_line_exit_2(model_dir, tmp_path, capsys):
+  import json  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  src = str(tmp_path / 'a.npy')
+  np.save(src, np.zeros((N, D), np.float32))
+  bad = tmp_path / 'bad'
+  shutil.copytree(model_dir, bad)
+  meta = json.load(open(bad / 'model.json'))
+  meta['generator']['style_dim'] = 2 * D  # arrays of another architecture
+  json.dump(meta, open(bad / 'model.json', 'w'))
+  out = tmp_path / 'x.png'
+  assert edit_main(['mix', '--checkpoint', str(bad), '--source', src, '--target', src,
+                    '--layers', '0:2', '--output', str(out)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f'error: {bad} is not a usable restyle model') and err.count('\n') == 1
+  (bad / 'model.json').write_text('{"kind": ')
+  assert edit_main(['mix', '--checkpoint', str(bad), '--source', src, '--target', src,
+                    '--layers', '0:2', '--output', str(out)]) == 2
+  err = capsys.readouterr().err
+  assert 'model.json cannot be read' in err and err.count('\n') == 1
+  assert not out.exists()
