@@ -149,6 +149,27 @@ def test_checkpoint_without_digest_still_restores(trained, template, tmp_path):
   ckpt.close()
 
 
+def test_damaged_best_checkpoint_is_moved_aside(trained, template, tmp_path, warnings_log):
+  # A truncated metrics file used to stop Orbax from even opening best/.
+  run = copy_run(trained, tmp_path)
+  (step,) = os.listdir(os.path.join(run, 'best'))
+  path = os.path.join(run, 'best', step, 'metrics', 'metrics')
+  open(path, 'w').write(open(path).read()[:5])
+  ckpt = checkpointing.Checkpointer(run, 3)
+  assert ckpt.best_step() is None and ckpt.restore_best(template) is None
+  assert os.listdir(os.path.join(run, checkpointing.CORRUPT_DIR))[0].startswith(f'best-{step}-')
+  assert 'damaged metrics file' in warnings_log.text
+  ckpt.close()
+  # Damaged arrays: restore_best gives None and moves the step aside.
+  run = copy_run(trained, tmp_path / 'flip')
+  flip_bytes(os.path.join(run, 'best', step))
+  ckpt = checkpointing.Checkpointer(run, 3)
+  assert ckpt.best_step() == int(step) and ckpt.restore_best(template) is None
+  assert ckpt.best_step() is None and os.listdir(os.path.join(run, 'best')) == []
+  assert os.listdir(os.path.join(run, checkpointing.CORRUPT_DIR))[0].startswith(f'best-{step}-')
+  ckpt.close()
+
+
 def test_rerun_after_damaged_latest_resumes_from_older(trained, tmp_path):
   run = copy_run(trained, tmp_path)
   truncate_metadata(os.path.join(run, 'checkpoints', '4'))

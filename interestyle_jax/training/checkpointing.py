@@ -93,11 +93,42 @@ class Checkpointer:
     self.latest = ocp.CheckpointManager(
         os.path.join(self.workdir, 'checkpoints'),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-    self.best = ocp.CheckpointManager(
-        os.path.join(self.workdir, 'best'),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, best_fn=lambda m: m[BEST_METRIC],
-            best_mode='min', keep_checkpoints_without_metrics=False))
+    self.best = self._open_best()
+
+  def _open_best(self):
+    """The best/ manager; steps whose metrics file is damaged are moved aside.
+
+    Orbax reads every step's metrics when the manager opens, so one damaged
+    file would stop the run before anything can fall back.
+    """
+    path = os.path.join(self.workdir, 'best')
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True, best_fn=lambda m: m[BEST_METRIC], best_mode='min',
+        keep_checkpoints_without_metrics=False)
+    try:
+      return ocp.CheckpointManager(path, options=options)
+    except Exception as first:  # pylint: disable=broad-except
+      moved = []
+      for name in sorted(os.listdir(path)):
+        metrics = os.path.join(path, name, 'metrics', 'metrics')
+        if not name.isdigit() or not os.path.exists(metrics):
+          continue
+        try:
+          with open(metrics) as f:
+            float(json.load(f)[BEST_METRIC])
+        except Exception as e:  # pylint: disable=broad-except
+          src = os.path.join(path, name)
+          moved.append((src, self._move_aside(path, int(name), 'best-'), _first_line(e)))
+      _barrier('interestyle_best_move_aside')
+      if not moved:
+        raise CheckpointError(
+            f'{path} cannot be opened ({_first_line(first)}); move it aside (or restore '
+            'it from a backup) and re-run: a new best checkpoint is kept from the next '
+            'validation') from first
+      for src, dst, error in moved:
+        logging.warning('Best checkpoint %s has a damaged metrics file (%s); moved it to %s',
+                        src, error, dst)
+      return ocp.CheckpointManager(path, options=options)
 
   def latest_step(self) -> Optional[int]:
     """Step of the newest complete checkpoint, or None."""
@@ -109,7 +140,9 @@ class Checkpointer:
 
   @staticmethod
   def _step_dir(manager, step: int) -> str:
-    return os.path.join(str(manager.directory), str(step))
+    """``manager`` may also be the manager's directory."""
+    root = manager if isinstance(manager, str) else str(manager.directory)
+    return os.path.join(root, str(step))
 
   def _save(self, manager, step: int, state, **kwargs) -> None:
     """Saves ``state`` and, once it is on disk, its digest into the step dir."""
