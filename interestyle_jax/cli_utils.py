@@ -9,13 +9,20 @@ import argparse
 import os
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-  """Keeps descriptions as written and appends ``(default: X)`` to option help.
+class HelpFormatter(argparse.HelpFormatter):
+  """Appends ``(default: X)`` to option help; keeps multi-line descriptions as written.
 
   Unlike ``argparse.ArgumentDefaultsHelpFormatter`` it says nothing for
   required options, ``None`` defaults (their help explains what happens),
-  on/off switches, and help that already names its default.
+  on/off switches, and help that already names its default. A description or
+  epilog with line breaks (lists, examples) is printed as is; one-line
+  descriptions are wrapped to the terminal.
   """
+
+  def _fill_text(self, text, width, indent):
+    if '\n' in text.strip():
+      return ''.join(indent + line for line in text.splitlines(keepends=True))
+    return super()._fill_text(text, width, indent)
 
   def _get_help_string(self, action):
     text = action.help or ''
