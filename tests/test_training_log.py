@@ -36,14 +36,19 @@ def test_progress_eval_and_duration_formats():
 
 
 def test_report_progress_logs_rate_and_losses(caplog):
-  progress = logs.ReportProgress(num_train_steps=10, every_steps=5, every_secs=None)
+  progress = logs.ReportProgress(num_train_steps=20, every_steps=5, every_secs=None)
   with caplog.at_level(py_logging.INFO, logger='absl'):
     for step in range(1, 5):
       progress(step, t=0.5 * step)
     progress.scalars = {'loss': 0.5, 'l2_it1': 0.25, 'l2_it2': 0.125}
-    progress(5, t=4.5)  # steps 1 -> 5 in 4 s: 1 it/s, 5 steps left
+    progress(5, t=4.5)  # steps 1 -> 5 in 4 s: 1 it/s, 15 steps left
+    progress.scalars = {'loss': 0.25}
+    for step in range(6, 11):  # 5 steps in 1.25 s: 4 it/s, 9 steps in 5.25 s overall
+      progress(step, t=4.5 + 0.25 * (step - 5))
   lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('step ')]
-  assert lines == ['step 5/10 | loss 0.5000 | l2_it1..2 0.25 0.125 | 1.0 it/s | ETA 5s']
+  assert lines == ['step 5/20 | loss 0.5000 | l2_it1..2 0.25 0.125 | 1.0 it/s | ETA 15s',
+                   # The ETA follows the mean rate (10 steps / 1.71 it/s), not the last interval's.
+                   'step 10/20 | loss 0.2500 | 4.0 it/s | ETA 6s']
 
 
 def test_quiet_libraries_filters_by_source_file():

@@ -104,7 +104,7 @@ def _per_iteration(scalars: Mapping[str, float], prefix: str, first: int = 1) ->
 
 
 def format_progress(step: int, total: Optional[int], scalars: Mapping[str, float],
-                    steps_per_sec: float) -> str:
+                    steps_per_sec: float, eta_steps_per_sec: Optional[float] = None) -> str:
   """The per-interval progress line.
 
   Args:
@@ -113,6 +113,7 @@ def format_progress(step: int, total: Optional[int], scalars: Mapping[str, float
     scalars: train scalars averaged over the interval ('loss', 'l2_it1', …);
       may be empty.
     steps_per_sec: rate over the interval.
+    eta_steps_per_sec: rate the ETA assumes (default ``steps_per_sec``).
 
   Returns:
     ``step 50/1200 | loss 0.3181 | l2_it1..3 0.085 0.104 0.121 | 4.4 it/s | ETA 3m``.
@@ -124,8 +125,9 @@ def format_progress(step: int, total: Optional[int], scalars: Mapping[str, float
   if per_iteration:
     parts.append(per_iteration)
   parts.append(f'{steps_per_sec:.1f} it/s')
-  if total and steps_per_sec > 0:
-    parts.append(f'ETA {format_duration((total - step) / steps_per_sec)}')
+  eta_rate = steps_per_sec if eta_steps_per_sec is None else eta_steps_per_sec
+  if total and eta_rate > 0:
+    parts.append(f'ETA {format_duration((total - step) / eta_rate)}')
   return ' | '.join(parts)
 
 
@@ -187,15 +189,21 @@ class ReportProgress(periodic_actions.ReportProgress):
   clu still writes ``steps_per_sec`` / ``uptime`` to the writer and sets the
   work-unit notes (a quiet log line when running locally, see
   :func:`quiet_libraries`). Set :attr:`scalars` to the interval's train
-  scalars before calling the hook on a log step.
+  scalars before calling the hook on a log step. The line shows the
+  interval's rate; the ETA uses the mean rate since the first call, which
+  validations and checkpoints (slow intervals) do not throw around.
   """
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
     self.scalars: Dict[str, float] = {}
+    self._first = None  # (step, time) of the first call: compiling excluded
 
   def _apply(self, step: int, t: float):
+    if self._first is None:
+      self._first = (self._previous_step, self._previous_time)
     steps_per_sec = (step - self._previous_step) / (t - self._previous_time)
+    mean_steps_per_sec = (step - self._first[0]) / (t - self._first[1])
     super()._apply(step, t)
     logging.info('%s', format_progress(step, self._num_train_steps, self.scalars,
-                                       steps_per_sec))
+                                       steps_per_sec, mean_steps_per_sec))
