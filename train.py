@@ -20,8 +20,12 @@ import jax
 from ml_collections import config_flags
 
 from interestyle_jax.data.tf_setup import import_tf
-from interestyle_jax.training import loop
-from interestyle_jax.training.config import ConfigError
+
+# clu (imported by the loop) loads TensorFlow: hide the accelerators from it and
+# filter its start-up notices, which only works before its first import.
+import_tf()
+from interestyle_jax.training import logs, loop  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from interestyle_jax.training.config import ConfigError  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and metrics.')
@@ -34,8 +38,7 @@ config_flags.DEFINE_config_file(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
-  # clu's TensorBoard writer imports TensorFlow: keep it off the accelerators.
-  import_tf()
+  logs.quiet_libraries()  # before jax probes its backends (the 'tpu' notice)
   if FLAGS.distributed:
     jax.distributed.initialize()
   logging.info('JAX process %d / %d, %d local devices (%s)', jax.process_index(),

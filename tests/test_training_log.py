@@ -142,6 +142,8 @@ def test_train_py_log(tmp_path):
   assert not orbax_or_clu, log
   assert not any('Setting work unit notes' in l or 'Got images' in l for l in lines), log
   assert len(lines) - len(progress) <= 25, log  # was ~190 for this run
+  # TensorFlow's oneDNN notice and jax's backend probe are gone too.
+  assert 'oneDNN' not in log and 'Unable to initialize backend' not in log, log
 
   # The closing summary, ending with the TensorBoard command.
   assert re.search(r'\] Done: step 4 in \d+[smh]\S*, held-out interest-region MSE \S+; '
