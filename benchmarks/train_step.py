@@ -45,6 +45,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from common import peak_rss_mb  # benchmarks/ is sys.path[0]
+from interestyle_jax.ops import xla_options  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/synthetic.py', 'Training config file.')
@@ -109,7 +110,7 @@ def run_one(config, t: int):
       'mask': np.broadcast_to(mask, (ldc, local // ldc, size, size, 1)).copy()}, mesh)
   key = jax.random.PRNGKey(0)
   t0 = time.time()
-  compiled = fn.lower(state, frozen, batch, key).compile()
+  compiled = xla_options.compile_and_release(fn, state, frozen, batch, key)
   compile_s = time.time() - t0
   mem = compiled.memory_analysis()
   temp_mib = None if mem is None else mem.temp_size_in_bytes / 2 ** 20

@@ -117,7 +117,7 @@ def build(args, side=None):
                              'mask': masks.reshape((ldc, -1) + masks.shape[1:])}, mesh)
   key = jax.random.PRNGKey(0)
   t0 = time.perf_counter()
-  compiled = fn.lower(state, frozen, batch, key).compile()
+  compiled = xla_options.compile_and_release(fn, state, frozen, batch, key)
   compile_s = time.perf_counter() - t0
   inv_cfg = step_config(args.iters, axis_name=None)
   inv = xla_options.jit(lambda ev, fr, x: step_lib.invert(ev, fr, x, models=world.models,

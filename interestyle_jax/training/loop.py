@@ -230,13 +230,15 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> Dict[str, Any]:
   final = None
   last = config.num_train_steps
   train_iter = setup_lib.train_iterator(config, s, start)
-  acc = None
+  acc = compiled = None
   logging.info('Training steps %d..%d', start + 1, last)
   for step in range(start + 1, last + 1):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       local = next(train_iter)
-      state, metrics = train_fn(state, frozen, setup_lib.shard_batch(local, mesh),
-                                noise_rng)
+      batch = setup_lib.shard_batch(local, mesh)
+      if compiled is None:  # ahead of time, to free the compiler's memory before it runs
+        compiled = xla_options.compile_and_release(train_fn, state, frozen, batch, noise_rng)
+      state, metrics = compiled(state, frozen, batch, noise_rng)
     acc = metrics if acc is None else acc.merge(metrics)
     if step % config.log_every_steps == 0 or step == last:
       scalars = {k: float(v) for k, v in acc.compute().items()}
