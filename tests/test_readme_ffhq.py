@@ -292,7 +292,7 @@ def test_readme_ffhq_walkthrough(tmp_path):
   assert mask.shape == (256, 256) and mask.max() == 255 and mask.min() == 0
   _run(w['builder'] + BUILDER_EXTRA, root)
   # The prepared copy is where the README says to delete it after editing files.
-  stale = re.search(r'delete `([^`]+)`', section(open(README, encoding='utf-8').read(),
+  stale = re.search(r'delete\s+`([^`]+)`', section(open(README, encoding='utf-8').read(),
                                                  'Training on FFHQ / CelebA-HQ'))
   assert stale and os.path.isdir(os.path.join(root, stale.group(1))), stale
 
