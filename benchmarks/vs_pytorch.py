@@ -7,8 +7,9 @@ Both sides hold the same networks: the PyTorch references of
 encoder) and their conversion. The PyTorch step is ReStyle's coach loop —
 per iteration ``ŷ = pool(G(w + E([x, ŷ])))``, interest-region L2,
 ``loss.backward()`` (every iteration, or only the last with
-``--loss_iterations last``), detach — then one Adam step; ours is the jitted
-``jax.shard_map`` train step with Ranger. Generator noise is const on both
+``--loss_iterations last``), detach — then one Adam step (``--torch_optimizer
+ranger``: ReStyle's default Ranger, whose Lookahead copy makes its state the
+size of ours); ours is the jitted ``jax.shard_map`` train step with Ranger. Generator noise is const on both
 sides and σ = 0 (the filter, cheap elementwise work, is left out of both).
 
 The steps are timed alternately in this process (``--steps`` each, median),
@@ -59,6 +60,38 @@ def torch_step(enc, gen, latent_avg, avg_image, opt, x, m, n_iters, loss_iterati
   return float(loss)
 
 
+def torch_ranger(params, lr=1e-4, k=6, alpha=0.5):
+  """Ranger as ReStyle's ``training/ranger.py`` composes it, for like-for-like memory.
+
+  RAdam (β = (0.95, 0.999), ε = 1e-5) on centralised gradients, plus
+  Lookahead's slow copy of every parameter (k = 6, α = 0.5): one more
+  parameter-sized buffer than Adam, as in our step's state.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  params = list(params)
+
+  class Ranger(torch.optim.RAdam):
+
+    def __init__(self):
+      super().__init__(params, lr=lr, betas=(0.95, 0.999), eps=1e-5)
+      self.slow = [p.detach().clone() for p in params]
+      self.n = 0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+      for p in params:
+        if p.grad is not None and p.grad.dim() > 1:
+          p.grad.sub_(p.grad.mean(dim=tuple(range(1, p.grad.dim())), keepdim=True))
+      super().step(closure)
+      self.n += 1
+      if self.n % k == 0:
+        for p, q in zip(params, self.slow):
+          q.add_(p - q, alpha=alpha)
+          p.copy_(q)
+
+  return Ranger()
+
+
 def torch_invert(enc, gen, latent_avg, avg_image, x, n_iters):
   """ReStyle's inference loop (no gradient, eval-mode BatchNorm); the last image."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -96,7 +129,8 @@ def build(args, side=None):
     with torch.no_grad():
       avg_image = F.adaptive_avg_pool2d(gen(latent_avg[None]), 256)
     out.update(enc=enc, gen=gen, latent_avg=latent_avg, avg_image=avg_image,
-               opt=torch.optim.Adam(enc.parameters(), lr=1e-4),
+               opt=(torch_ranger(enc.parameters()) if args.torch_optimizer == 'ranger'
+                    else torch.optim.Adam(enc.parameters(), lr=1e-4)),
                tx=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
                tm=torch.from_numpy(masks).permute(0, 3, 1, 2).contiguous(),
                ti=torch.from_numpy(np.asarray(xi)).permute(0, 3, 1, 2).contiguous())
@@ -165,6 +199,9 @@ def main():
   p.add_argument('--batch', type=int, default=2, help='train batch')
   p.add_argument('--iters', type=int, default=5, help='refinement iterations T')
   p.add_argument('--loss_iterations', default='all', choices=('all', 'last'))
+  p.add_argument('--torch_optimizer', default='adam', choices=('adam', 'ranger'),
+                 help="PyTorch side's optimizer (ours is Ranger: one more parameter-sized "
+                      'buffer than Adam)')
   p.add_argument('--steps', type=int, default=3, help='timed steps per side (median)')
   p.add_argument('--invert_batch', type=int, default=2, help='inversion batch')
   p.add_argument('--threads', type=int, default=os.cpu_count(), help='torch threads')
@@ -181,7 +218,8 @@ def main():
 
   print(f'backend={jax.default_backend()} devices={jax.device_count()} torch_threads={args.threads} '
         f'resolution={args.resolution} batch={args.batch} T={args.iters} '
-        f'loss_iterations={args.loss_iterations}', flush=True)
+        f'loss_iterations={args.loss_iterations} torch_optimizer={args.torch_optimizer}',
+        flush=True)
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   b = build(args)
   # Same weights and inputs: one inversion compared.
