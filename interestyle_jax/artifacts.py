@@ -16,6 +16,7 @@ Reading needs neither torch nor the process that wrote it; a damaged directory
 """
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ import socket
 import sys
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -31,6 +32,12 @@ import numpy as np
 FORMAT_VERSION = 1
 META_FILE = 'model.json'
 VARIABLES_DIR = 'variables'
+# At most this many tensors are named in one non-finite warning.
+MAX_NAMED = 12
+
+# Warnings (non-finite tensors) go through Python logging so that library
+# users can silence or capture them; the command-line tools print them.
+logger = logging.getLogger('interestyle_jax.convert')
 
 
 def _local_checkpointer():
@@ -269,6 +276,50 @@ def read_meta(path: str) -> Dict[str, Any]:
   return meta
 
 
+def non_finite_entries(named_arrays: Iterable[Tuple[str, Any]]
+                       ) -> List[Tuple[str, int, int, int]]:
+  """Floating-point arrays holding NaN or ±inf.
+
+  Args:
+    named_arrays: ``(name, array)`` pairs (numpy or array-likes).
+
+  Returns:
+    ``(name, n_nan, n_inf, size)`` for each array with a non-finite value.
+  """
+  out = []
+  for name, arr in named_arrays:
+    arr = np.asarray(arr)
+    if not np.issubdtype(arr.dtype, np.floating) or np.isfinite(arr).all():
+      continue
+    n_nan = int(np.isnan(arr).sum())
+    out.append((name, n_nan, int(np.isinf(arr).sum()), int(arr.size)))
+  return out
+
+
+def warn_non_finite(source: str, entries: List[Tuple[str, int, int, int]],
+                    when: str = 'converted') -> None:
+  """Logs one warning naming every tensor with NaN/inf values (none: no-op).
+
+  A checkpoint from a diverged run (or a corrupt download) converts without
+  error, and its NaNs would then silently turn every output into NaN.
+
+  Args:
+    source: the file or directory the tensors come from.
+    entries: from :func:`non_finite_entries`.
+    when: 'converted' or 'loaded', for the message.
+  """
+  if not entries:
+    return
+  named = [f'{name} ({n_nan} NaN, {n_inf} inf of {size})'
+           for name, n_nan, n_inf, size in entries[:MAX_NAMED]]
+  if len(entries) > MAX_NAMED:
+    named.append(f'and {len(entries) - MAX_NAMED} more')
+  logger.warning(
+      '%s: %d tensor(s) hold non-finite values, %s as they are (outputs computed from '
+      'them will be NaN): %s. The checkpoint is corrupt or from a diverged run; '
+      're-download or re-export it.', source, len(entries), when, '; '.join(named))
+
+
 def load_artifact(path: str, expected_kind=None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   """Loads a model directory.
 
@@ -306,4 +357,10 @@ def load_artifact(path: str, expected_kind=None) -> Tuple[Dict[str, Any], Dict[s
     ckptr.close()
   if not isinstance(tree, dict):
     raise ArtifactError(f'{var_dir} holds no tree of arrays; convert or export the model again')
+  # A directory written before the conversion-time warning existed, exported
+  # from a diverged run, or edited since may hold NaNs; one host-side pass
+  # is cheap next to reading the arrays from disk.
+  warn_non_finite(path, non_finite_entries(
+      (jax.tree_util.keystr(k), v) for k, v in jax.tree_util.tree_leaves_with_path(tree)),
+                  when='loaded')
   return meta, jax.tree_util.tree_map(jax.numpy.asarray, tree)

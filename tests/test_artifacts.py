@@ -30,6 +30,22 @@ else:
 '''
 
 
+def test_load_warns_on_non_finite_arrays(tmp_path, caplog):
+  w = np.ones((3, 4), np.float32)
+  w[0, 1], w[2, 3] = np.nan, np.inf
+  tree = {'enc': {'w': w, 'ok': np.zeros(5, np.float32)}, 'step': np.arange(3)}
+  path = artifacts.save_artifact(str(tmp_path / 'm'), tree, {'kind': 'test'})
+  with caplog.at_level('WARNING', logger='interestyle_jax.convert'):
+    artifacts.load_artifact(path, 'test')
+  assert path in caplog.text and "['enc']['w'] (1 NaN, 1 inf of 12)" in caplog.text
+  assert "['ok']" not in caplog.text  # only arrays holding NaN / inf are named
+  caplog.clear()
+  artifacts.save_artifact(path, {'enc': {'w': np.ones(3)}}, {'kind': 'test'}, overwrite=True)
+  with caplog.at_level('WARNING', logger='interestyle_jax.convert'):
+    artifacts.load_artifact(path, 'test')
+  assert not caplog.text
+
+
 def test_save_and_load_round_trip(tmp_path):
   tree = {'a': {'b': np.arange(4, dtype=np.float32)}, 'c': np.ones((2, 2), np.int32)}
   path = artifacts.save_artifact(str(tmp_path / 'm'), tree, {'kind': 'test', 'x': [1, 2]})

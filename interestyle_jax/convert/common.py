@@ -6,14 +6,15 @@ Torch is imported lazily, only when a ``.pt``/``.pth`` file must be read.
 import argparse
 import contextlib
 import contextvars
-import logging
 import os
 import pickle
 import tempfile
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import flax
 import numpy as np
+
+from interestyle_jax import artifacts
 
 Path = Tuple[str, ...]
 # A key mapper returns (flax path, numpy array) for a tensor, IGNORE for a
@@ -27,11 +28,10 @@ TORCH_HINT = ('PyTorch is needed to read .pt/.pth checkpoints: install the '
               '(or `pip install torch==2.13.0`)')
 
 
-# Warnings (non-finite tensors) go through Python logging so that library
-# users can silence or capture them; the CLI prints them to stderr.
-logger = logging.getLogger('interestyle_jax.convert')
-# At most this many tensors are named in one non-finite warning.
-MAX_NAMED = 12
+# The non-finite check lives with the model directories, which warn on load too.
+non_finite_entries = artifacts.non_finite_entries
+warn_non_finite = artifacts.warn_non_finite
+logger = artifacts.logger
 
 
 class ConversionError(ValueError):
@@ -91,50 +91,6 @@ def check_output_location(dst: str) -> str:
         f'cannot write output {dst}: {anchor} is not writable ({e.strerror}); choose a '
         'writable location (e.g. under your home directory) or fix its permissions') from e
   return path
-
-
-def non_finite_entries(named_arrays: Iterable[Tuple[str, Any]]
-                       ) -> List[Tuple[str, int, int, int]]:
-  """Floating-point arrays holding NaN or ±inf.
-
-  Args:
-    named_arrays: ``(name, array)`` pairs (numpy or array-likes).
-
-  Returns:
-    ``(name, n_nan, n_inf, size)`` for each array with a non-finite value.
-  """
-  out = []
-  for name, arr in named_arrays:
-    arr = np.asarray(arr)
-    if not np.issubdtype(arr.dtype, np.floating) or np.isfinite(arr).all():
-      continue
-    n_nan = int(np.isnan(arr).sum())
-    out.append((name, n_nan, int(np.isinf(arr).sum()), int(arr.size)))
-  return out
-
-
-def warn_non_finite(source: str, entries: List[Tuple[str, int, int, int]],
-                    when: str = 'converted') -> None:
-  """Logs one warning naming every tensor with NaN/inf values (none: no-op).
-
-  A checkpoint from a diverged run (or a corrupt download) converts without
-  error, and its NaNs would then silently turn every output into NaN.
-
-  Args:
-    source: the file or directory the tensors come from.
-    entries: from :func:`non_finite_entries`.
-    when: 'converted' or 'loaded', for the message.
-  """
-  if not entries:
-    return
-  named = [f'{name} ({n_nan} NaN, {n_inf} inf of {size})'
-           for name, n_nan, n_inf, size in entries[:MAX_NAMED]]
-  if len(entries) > MAX_NAMED:
-    named.append(f'and {len(entries) - MAX_NAMED} more')
-  logger.warning(
-      '%s: %d tensor(s) hold non-finite values, %s as they are (outputs computed from '
-      'them will be NaN): %s. The checkpoint is corrupt or from a diverged run; '
-      're-download or re-export it.', source, len(entries), when, '; '.join(named))
 
 
 def require_torch():

@@ -189,12 +189,6 @@ def load_stylegan2(path: str):
     ``(generator_module, variables, latent_avg)``; ``latent_avg`` is ``[1, D]``
     (or ``[n_styles, D]``) or None when the source had none.
   """
-  meta, tree = artifacts.load_artifact(path, expected_kind=KIND)
-  # A directory converted before the conversion-time warning existed (or
-  # edited since) may hold NaNs; one host-side pass over the arrays is
-  # cheap next to reading them from disk.
-  warn_non_finite(path, non_finite_entries(
-      (jax.tree_util.keystr(k), v) for k, v in jax.tree_util.tree_leaves_with_path(tree)),
-                  when='loaded')
+  meta, tree = artifacts.load_artifact(path, expected_kind=KIND)  # warns on NaN/inf
   gen = Generator(**meta['generator'])
   return gen, tree['generator'], tree.get('latent_avg')
