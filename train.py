@@ -23,7 +23,11 @@ from interestyle_jax.data.tf_setup import import_tf
 
 # clu (imported by the loop) loads TensorFlow: hide the accelerators from it and
 # filter its start-up notices, which only works before its first import.
-import_tf()
+try:
+  import_tf()
+except ImportError as _e:
+  print(f'train.py: error: {_e}', file=sys.stderr)
+  sys.exit(2)
 from interestyle_jax.training import logs, loop  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from interestyle_jax.training.config import ConfigError  # pylint: disable=g-import-not-at-top,g-bad-import-order
 

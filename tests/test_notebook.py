@@ -211,3 +211,17 @@ def test_inference_needs_no_tensorflow(tmp_path):
   assert 'inference without tensorflow: ok' in out.stdout
   for f in ('out/a.png', 'lerp.png', 'eval.json'):
     assert os.path.isfile(tmp_path / f), f
+
+
+def test_train_py_without_tensorflow_names_the_extra(tmp_path):
+  """An inference-only install running train.py gets the install command, not a traceback."""
+  code = ("import runpy, sys\nsys.modules['tensorflow'] = None\n"
+          f"sys.argv = ['train.py', '--config', 'configs/synthetic.py', '--workdir', {str(tmp_path)!r}]\n"
+          "runpy.run_path('train.py', run_name='__main__')\n")
+  out = subprocess.run([sys.executable, '-c', code], cwd=tc.REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert 'Traceback' not in out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith('train.py: error: training')
+  assert 'pip install "interestyle_jax[train]"' in out.stderr
+  assert not os.listdir(tmp_path)

@@ -34,6 +34,9 @@ _CPP_SEVERITY = {'I': 0, 'W': 1, 'E': 2, 'F': 3}
 _ABSL_BANNER = 'WARNING: All log messages before absl::InitializeLog() is called'
 
 _GPUS_HIDDEN = False
+TF_HINT = ('training (train.py, the folder data pipeline, TensorBoard logs) needs TensorFlow, '
+           'which `pip install interestyle_jax` leaves out: install the training extra with '
+           '`pip install "interestyle_jax[train]"` (from a checkout: `pip install -e ".[train]"`)')
 
 
 def filter_cpp_log(text: str, min_level: int) -> str:
@@ -91,13 +94,22 @@ def import_tf():
 
   Returns:
     The ``tensorflow`` module.
+
+  Raises:
+    ImportError: TensorFlow is not installed (an inference-only install),
+      with the command that adds it.
   """
   global _GPUS_HIDDEN
-  if 'tensorflow' in sys.modules:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  else:
-    with _filtered_stderr():
+  try:
+    if 'tensorflow' in sys.modules:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    else:
+      with _filtered_stderr():
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ModuleNotFoundError as e:
+    if e.name != 'tensorflow':
+      raise
+    raise ImportError(TF_HINT) from e
   if not _GPUS_HIDDEN:
     try:
       tf.config.set_visible_devices([], 'GPU')
