@@ -29,7 +29,7 @@ def get_config():
   c.profile_steps = 5  # Profile 5 steps after the 10th.
 
   c.model.generator_path = 'ckpt/stylegan2-ffhq'  # convert stylegan2 stylegan2-ffhq-config-f.pt ckpt/stylegan2-ffhq
-  c.model.encoder_init_path = 'ckpt/encoder_init'  # convert irse50 model_ir_se50.pth ckpt/encoder_init --as-encoder-backbone 18
+  c.model.encoder_init_path = 'ckpt/encoder_init'  # convert irse50 model_ir_se50.pth ckpt/encoder_init --as_encoder_backbone 18
   c.model.encoder_size = 256  # 1024 px output pooled 4x4 to 256.
   c.model.n_iters = 5  # T.
   c.model.encoder.backbone = 'ir_se'  # IR-SE50 backbone.

@@ -8,7 +8,7 @@ order with ``subprocess`` in a fresh directory holding what the README tells
 the user to download or produce, under the file names the README uses:
 
 * ``stylegan2-ffhq-config-f.pt``: a random StyleGAN2 in the rosinality layout,
-  1024 px like the real one (so 18 styles, and ``--as-encoder-backbone 18``
+  1024 px like the real one (so 18 styles, and ``--as_encoder_backbone 18``
   and the 256 px encoder of configs/ffhq.py fit as written) but 8 channels
   wide with 32-d latents;
 * ``model_ir_se50.pth``: a random IR-SE ArcFace in TreB1eN's layout, one unit
@@ -21,7 +21,7 @@ the user to download or produce, under the file names the README uses:
 
 Only what cannot be run at full size on a CPU is changed, by *appending*
 flags to the README's command (argparse and absl take the last value): the
-encoder initialisation gets ``--style-dim 32`` (the tiny generator's latent
+encoder initialisation gets ``--style_dim 32`` (the tiny generator's latent
 width; the real one is 512, the default); train.py gets a 2-step schedule,
 batch 2 and the tiny encoder (``stage_units=(1,1,1,1)``, width 8, which the
 converted ArcFace trunk fixes); folder_builder runs in-process
@@ -57,7 +57,7 @@ README = os.path.join(REPO, 'README.md')
 
 STYLE_DIM = 32  # the tiny generator's latent width (FFHQ: 512)
 # Appended to the README's commands (see the module docstring).
-CONVERT_EXTRA = {'encoder_init': ['--style-dim', str(STYLE_DIM)]}
+CONVERT_EXTRA = {'encoder_init': ['--style_dim', str(STYLE_DIM)]}
 BUILDER_EXTRA = ['--workers', '1']
 TRAIN_EXTRA = [
     '--config.num_train_steps=2', '--config.batch_size=2', '--config.eval_batch_size=2',
@@ -109,7 +109,7 @@ def walkthrough() -> Dict[str, object]:
   convert = {}
   for argv in converting:
     if argv[:3] == ['python', '-m', 'interestyle_jax.convert'] and argv[3] != 'restyle':
-      role = 'encoder_init' if '--as-encoder-backbone' in argv else argv[3]
+      role = 'encoder_init' if '--as_encoder_backbone' in argv else argv[3]
       convert[role] = argv
 
   def module(name):
@@ -143,7 +143,7 @@ def test_readme_paths_are_the_config_paths(name):
   assert cv['stylegan2'][5] == c.model.generator_path
   assert cv['encoder_init'][5] == c.model.encoder_init_path
   # 18 styles: the 1024 px generator's W+ (2 log2(1024) - 2).
-  assert _flag(cv['encoder_init'], 'as-encoder-backbone') == '18'
+  assert _flag(cv['encoder_init'], 'as_encoder_backbone') == '18'
   assert cv['irse50'][5] == c.loss.id_path
   assert cv['lpips'][5] == c.loss.lpips_path
   split_out = _flag(w['split'], 'output_dir')

@@ -24,7 +24,7 @@ CONVERTERS = {
                 'ReStyle-pSp / IntereStyle checkpoint (.pt with state_dict, latent_avg, opts)'),
     'irse50': ('interestyle_jax.convert.irse50',
                'ArcFace IR-SE50 model_ir_se50.pth (ID loss; or an encoder init with '
-               '--as-encoder-backbone)'),
+               '--as_encoder_backbone)'),
     'lpips': ('interestyle_jax.convert.lpips',
               'LPIPS v0.1 AlexNet linear weights (alex.pth) plus --alexnet PATH'),
 }
@@ -34,11 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
   """The CLI parser, one sub-command per checkpoint kind."""
   parser = argparse.ArgumentParser(
       prog='python -m interestyle_jax.convert',
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
       description='Convert a PyTorch checkpoint into a Flax model directory '
                   '(Orbax checkpoint + model.json).')
   sub = parser.add_subparsers(dest='kind', required=True)
   for kind, (module, help_text) in CONVERTERS.items():
-    p = sub.add_parser(kind, help=help_text)
+    p = sub.add_parser(kind, help=help_text,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('src', help='PyTorch checkpoint file')
     p.add_argument('dst', help='output directory (must not exist)')
     p.add_argument('--overwrite', action='store_true', help='replace an existing DST')

@@ -1,7 +1,7 @@
 """ArcFace IR-SE50 (``model_ir_se50.pth``) → ``arcface`` or ``encoder_init`` directory.
 
 ``convert irse50 SRC DST`` writes the ID-loss network (kind ``arcface``).
-With ``--as-encoder-backbone N_STYLES`` it writes instead the initial weights
+With ``--as_encoder_backbone N_STYLES`` it writes instead the initial weights
 of a ReStyle ``BackboneEncoder`` (kind ``encoder_init``), as ReStyle builds
 them: the IR-SE trunk from ArcFace, the first conv widened to ``input_nc``
 channels whose extra input channels get N(0, 1) weights (``torch.randn`` in
@@ -180,16 +180,17 @@ def load_encoder_init(path: str):
 
 def add_arguments(parser) -> None:
   """Extra CLI flags of ``convert irse50``."""
-  parser.add_argument('--as-encoder-backbone', dest='n_styles', type=int, default=None,
-                      metavar='N_STYLES',
+  # Dashed spellings are the original ones, kept so old commands still work.
+  parser.add_argument('--as_encoder_backbone', '--as-encoder-backbone', dest='n_styles',
+                      type=int, default=None, metavar='N_STYLES',
                       help='write a ReStyle encoder initialisation (kind encoder_init) '
                            'predicting N_STYLES latents instead of the ArcFace network')
-  parser.add_argument('--input-nc', type=int, default=6,
-                      help='encoder input channels (with --as-encoder-backbone)')
-  parser.add_argument('--style-dim', type=int, default=512,
-                      help='latent width (with --as-encoder-backbone)')
-  parser.add_argument('--encoder-size', type=int, default=256,
-                      help='encoder input resolution (with --as-encoder-backbone)')
+  parser.add_argument('--input_nc', '--input-nc', type=int, default=6,
+                      help='encoder input channels (with --as_encoder_backbone)')
+  parser.add_argument('--style_dim', '--style-dim', type=int, default=512,
+                      help='latent width (with --as_encoder_backbone)')
+  parser.add_argument('--encoder_size', '--encoder-size', type=int, default=256,
+                      help='encoder input resolution (with --as_encoder_backbone)')
   parser.add_argument('--seed', type=int, default=0,
                       help='seed of the randomly initialised parts')
 
@@ -197,7 +198,7 @@ def add_arguments(parser) -> None:
 def convert(src: str, dst: str, overwrite: bool = False, n_styles: Optional[int] = None,
             input_nc: int = 6, style_dim: int = 512, encoder_size: int = 256,
             seed: int = 0) -> str:
-  """``convert irse50 SRC DST [--as-encoder-backbone N]``.
+  """``convert irse50 SRC DST [--as_encoder_backbone N]``.
 
   Args:
     src: ``model_ir_se50.pth``.
