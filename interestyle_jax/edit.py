@@ -3,21 +3,24 @@
 Sources are photos (inverted with the checkpoint) or W+ latents saved by
 ``python -m interestyle_jax.invert`` (``.npy``, ``[n_styles, D]``)::
 
-    # Rows: the inputs; columns: the strengths (0 = the inversion itself).
+    # Rows: the inputs; columns: the input photo, then the strengths (0 = the inversion).
     python -m interestyle_jax.edit direction --checkpoint ckpt/interestyle \\
         --input a.jpg b.npy --direction smile.npy --strengths -3 -1.5 0 1.5 3 \\
         [--layers 0:8] --output smile.png
 
-    # Columns: source, target, then the source with each layer range of the target.
+    # Columns: source and target photos, their inversions, then the source with
+    # each layer range of the target.
     python -m interestyle_jax.edit mix --checkpoint ckpt/interestyle \\
         --source a.jpg --target b.jpg --layers 0:4 4:8 8:18 --output mix.png
 
-    # Columns: source … target in equal W+ steps.
+    # Columns: source and target photos, then source … target in equal W+ steps.
     python -m interestyle_jax.edit interpolate --checkpoint ckpt/interestyle \\
         --source a.jpg --target b.jpg --steps 8 --output lerp.png
 
-Layer ranges are ``START:STOP`` style indices (stop exclusive). ``--save_latents``
-also writes the edited latents next to the grid (``<output>.npy``).
+Layer ranges are ``START:STOP`` style indices (stop exclusive). A header row
+labels the columns; a ``.npy`` source has no photo (grey input cell).
+``--save_latents`` also writes the edited latents (the rendered columns, not
+the photos) next to the grid (``<output>.npy``).
 
 Exit status 2 for an unusable checkpoint, input, direction or argument; the
 output paths are checked before anything is loaded. A direction file must hold
@@ -74,7 +77,8 @@ def load_latent(path: str, n_styles: int, style_dim: int) -> np.ndarray:
 
 
 def load_sources(inverter, paths: List[str], n_iters=None,
-                 squashed: Optional[List[Tuple[str, Tuple[int, int]]]] = None) -> np.ndarray:
+                 squashed: Optional[List[Tuple[str, Tuple[int, int]]]] = None,
+                 photos: Optional[List[Optional[np.ndarray]]] = None) -> np.ndarray:
   """W+ latents of photos (inverted) or ``.npy`` latent files, in order.
 
   Args:
@@ -84,6 +88,8 @@ def load_sources(inverter, paths: List[str], n_iters=None,
     n_iters: refinement iterations for photos (default: the model's).
     squashed: receives ``(path, (width, height))`` of non-square photos,
       which are squashed to the encoder's square input.
+    photos: receives, per path, the photo as the encoder saw it (uint8
+      ``[S, S, 3]``), or None for a ``.npy`` latent.
 
   Returns:
     float32 ``[len(paths), n_styles, D]``.
@@ -93,6 +99,8 @@ def load_sources(inverter, paths: List[str], n_iters=None,
   for path in paths:
     if path.lower().endswith('.npy'):
       out.append(load_latent(path, n, d))
+      if photos is not None:
+        photos.append(None)
       continue
     if not os.path.isfile(path):
       raise FileNotFoundError(f'{path} does not exist')
@@ -103,15 +111,38 @@ def load_sources(inverter, paths: List[str], n_iters=None,
     if w != h and squashed is not None:
       squashed.append((path, (w, h)))
     out.append(np.asarray(inverter.invert(image, n_iters=n_iters).latents[0]))
+    if photos is not None:
+      photos.append(np.asarray(image))
   return np.stack(out)
 
 
-def _render_grid(inverter, latents: np.ndarray, tile: int) -> np.ndarray:
-  """Renders ``[rows, cols, n_styles, D]`` latents as one grid image."""
+# A latent source (.npy) has no photo: its input cell is this grey.
+NO_PHOTO = 200
+
+
+def _input_tiles(photos: List[Optional[np.ndarray]], size: int) -> np.ndarray:
+  """``[len(photos), size, size, 3]`` uint8: the photos, grey for latent sources."""
+  return np.stack([np.full((size, size, 3), NO_PHOTO, np.uint8) if p is None
+                   else editing.resize(p[None], size)[0] for p in photos])
+
+
+def _render_grid(inverter, latents: np.ndarray, tile: int, labels: List[str],
+                 inputs: List[np.ndarray]) -> np.ndarray:
+  """Renders ``[rows, cols, n_styles, D]`` latents under ``labels``.
+
+  ``inputs`` are ``[rows, tile, tile, 3]`` uint8 columns put before the
+  renderings (their labels come first in ``labels``).
+  """
   rows, cols = latents.shape[:2]
-  imgs = editing.render(inverter.generator, inverter.generator_variables,
-                        latents.reshape((-1,) + latents.shape[2:]))
-  return editing.image_grid(imgs.reshape((rows, cols) + imgs.shape[1:]), tile=tile)
+  imgs = editing.resize(editing.render(inverter.generator, inverter.generator_variables,
+                                       latents.reshape((-1,) + latents.shape[2:])), tile)
+  imgs = imgs.reshape((rows, cols) + imgs.shape[1:])
+  return editing.image_grid(np.concatenate([col[:, None] for col in inputs] + [imgs], axis=1),
+                            labels=labels)
+
+
+def _strength_label(s: float) -> str:
+  return '0 (inversion)' if s == 0 else f'{s:+g}'
 
 
 def latents_path(output: str) -> str:
@@ -152,14 +183,17 @@ def run(args) -> Tuple[np.ndarray, np.ndarray]:
   from interestyle_jax.inference import load_inverter  # pylint: disable=g-import-not-at-top
   inverter = load_inverter(args.checkpoint)
   n = inverter.generator.n_styles
-  squashed = []
+  squashed, photos = [], []
   if args.command == 'direction':
     d = editing.check_direction(editing.load_direction(args.direction), n,
                                 inverter.generator.style_dim, source=args.direction)
     editing.parse_layers(args.layers, n)  # fail before inverting anything
-    w = load_sources(inverter, args.input, args.n_iters, squashed)
+    w = load_sources(inverter, args.input, args.n_iters, squashed, photos)
     edits = editing.apply_direction(w, d, args.strengths, args.layers)  # [K, B, n, D]
     latents = np.swapaxes(np.asarray(edits), 0, 1)
+    where = f' @ {args.layers}' if args.layers else ''
+    labels = ['input'] + [_strength_label(s) + (where if s else '') for s in args.strengths]
+    inputs = [photos]
   else:
     # Fail on bad arguments before inverting anything.
     if args.command == 'mix':
@@ -167,16 +201,22 @@ def run(args) -> Tuple[np.ndarray, np.ndarray]:
         editing.parse_layers(layers, n)
     elif args.steps < 2:
       raise ValueError(f'--steps must be >= 2 (the endpoints), got {args.steps}')
-    w = load_sources(inverter, [args.source, args.target], args.n_iters, squashed)
+    w = load_sources(inverter, [args.source, args.target], args.n_iters, squashed, photos)
     w_a, w_b = w[:1], w[1:]
+    inputs = [[photos[0]], [photos[1]]]
+    labels = ['source input', 'target input']
     if args.command == 'mix':
       cols = [w_a, w_b] + [np.asarray(editing.mix(w_a, w_b, layers)) for layers in args.layers]
       latents = np.stack(cols, axis=1)
+      labels += ['source', 'target'] + [f'layers {layers}' for layers in args.layers]
     else:
       latents = np.swapaxes(np.asarray(editing.interpolate(w_a, w_b, args.steps)), 0, 1)
+      labels += [f't = {t / (args.steps - 1):.2g}' for t in range(args.steps)]
   if squashed:
     print(squash_warning(squashed, inverter.encoder_size), file=sys.stderr)
-  return latents, _render_grid(inverter, latents, args.tile or None)
+  size = args.tile or inverter.generator.resolution
+  return latents, _render_grid(inverter, latents, size, labels,
+                               [_input_tiles(col, size) for col in inputs])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from interestyle_jax import grids
 from interestyle_jax.models.stylegan2 import mix_styles
 from interestyle_jax.ops import xla_options
 
@@ -360,16 +361,19 @@ def resize(images, size: int) -> np.ndarray:
                    for im in images])
 
 
-def image_grid(images, tile: Optional[int] = None, pad: int = 2) -> np.ndarray:
+def image_grid(images, tile: Optional[int] = None, pad: int = 2,
+               labels: Optional[Sequence[str]] = None) -> np.ndarray:
   """Lays out ``[rows, cols, H, W, 3]`` images as one uint8 grid.
 
   Args:
     images: float in [-1, 1] or uint8; ``[cols, H, W, 3]`` is one row.
     tile: resize every image to ``tile``x``tile`` first (None: keep H x W).
     pad: white pixels between tiles.
+    labels: one per column, drawn in a header row above the grid (None: no
+      header).
 
   Returns:
-    uint8 ``[rows * (h + pad) - pad, cols * (w + pad) - pad, 3]``.
+    uint8 ``[header + rows * (h + pad) - pad, cols * (w + pad) - pad, 3]``.
   """
   images = np.asarray(images)
   if images.ndim == 4:
@@ -377,6 +381,8 @@ def image_grid(images, tile: Optional[int] = None, pad: int = 2) -> np.ndarray:
   if images.ndim != 5 or images.shape[-1] != 3:
     raise ValueError(f'image_grid expects [rows, cols, H, W, 3], got {images.shape}')
   rows, cols = images.shape[:2]
+  if labels is not None and len(labels) != cols:
+    raise ValueError(f'image_grid got {len(labels)} labels for {cols} columns')
   flat = images.reshape((-1,) + images.shape[2:])
   flat = resize(flat, tile) if tile else to_uint8(flat)
   h, w = flat.shape[1:3]
@@ -384,7 +390,9 @@ def image_grid(images, tile: Optional[int] = None, pad: int = 2) -> np.ndarray:
   for k, im in enumerate(flat):
     r, c = divmod(k, cols)
     grid[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = im
-  return grid
+  if labels is None:
+    return grid
+  return np.concatenate([grids.label_header(labels, w, pad), grid], axis=0)
 
 
 def save_png(image: np.ndarray, path: str) -> str:

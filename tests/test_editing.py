@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 import interestyle_jax
-from interestyle_jax import editing
+from interestyle_jax import edit as edit_lib
+from interestyle_jax import editing, grids
 from interestyle_jax.edit import main as edit_main
 from tests import tiny_checkpoint as tc
 
@@ -143,7 +144,15 @@ def test_edit_cli(model_dir, latents, tmp_path, capsys):
   np.testing.assert_allclose(lat[1, 1], w_photo, atol=1e-6)  # the photo's inversion
   np.testing.assert_allclose(lat[0, 2, :3], latents[0, :3] + 2.0, atol=1e-5)
   np.testing.assert_array_equal(lat[0, 2, 3:], latents[0, 3:])
-  assert Image.open(out).size == (3 * 18 - 2, 2 * 18 - 2)
+  grid = np.asarray(Image.open(out))
+  labels = ['input', '-1 @ 0:3', '0 (inversion)', '+2 @ 0:3']
+  header = grids.label_header(labels, 16)
+  assert grid.shape == (header.shape[0] + 2 * 18 - 2, 4 * 18 - 2, 3)
+  np.testing.assert_array_equal(grid[:header.shape[0]], header)  # the column labels
+  body = grid[header.shape[0]:]
+  assert (body[:16, :16] == edit_lib.NO_PHOTO).all()  # row 0 is a .npy latent: no photo
+  np.testing.assert_array_equal(  # row 1's input column: the photo as the encoder saw it
+      body[18:34, :16], editing.resize(read_image(photo, tc.SIZE)[None], 16)[0])
   err = capsys.readouterr().err
   assert 'squashed 1 non-square image(s) to 32x32' in err and f'{photo} (48x40)' in err
 
@@ -155,7 +164,14 @@ def test_edit_cli(model_dir, latents, tmp_path, capsys):
   for col in range(4):  # mixing a latent with itself changes nothing
     np.testing.assert_array_equal(lat[0, col], latents[0])
   img = np.asarray(Image.open(out))
-  np.testing.assert_array_equal(img[:, 18 * 2:18 * 2 + 16], img[:, :16])  # rendered alike
+  header = grids.label_header(['source input', 'target input', 'source', 'target',
+                               'layers 0:4', 'layers 4:'], 16)
+  np.testing.assert_array_equal(img[:header.shape[0]], header)
+  body = img[header.shape[0]:]
+  assert body.shape == (16, 6 * 18 - 2, 3)
+  assert (body[:, :16] == edit_lib.NO_PHOTO).all() and (body[:, 18:34] == edit_lib.NO_PHOTO).all()
+  for col in range(3, 6):  # rendered alike
+    np.testing.assert_array_equal(body[:, 18 * col:18 * col + 16], body[:, 36:52])
 
   out = str(tmp_path / 'lerp.png')
   assert edit_main(['interpolate', *common, '--source', src, '--target', tgt, '--steps', '4',
@@ -163,6 +179,9 @@ def test_edit_cli(model_dir, latents, tmp_path, capsys):
   lat = _grid_latents(out)
   np.testing.assert_array_equal(lat[0, 0], latents[0])
   np.testing.assert_array_equal(lat[0, -1], latents[1])
+  header = grids.label_header(['source input', 'target input', 't = 0', 't = 0.33',
+                               't = 0.67', 't = 1'], 16)
+  np.testing.assert_array_equal(np.asarray(Image.open(out))[:header.shape[0]], header)
   capsys.readouterr()
 
 

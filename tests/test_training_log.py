@@ -10,8 +10,9 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from interestyle_jax import grids
 from interestyle_jax.data import tf_setup
-from interestyle_jax.training import grids, logs
+from interestyle_jax.training import logs
 from tests.test_training_loop import TINY
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

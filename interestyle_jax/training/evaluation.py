@@ -158,7 +158,7 @@ def eval_step(state, frozen: Dict[str, Any], batch: Dict[str, jnp.ndarray], *,
 
 def visualize(state, frozen, batch, *, models: Models, cfg: StepConfig,
               apply_filter: bool) -> Dict[str, jnp.ndarray]:
-  """The panels of an image grid (composed on the host by ``training.grids``).
+  """The panels of an image grid (composed on the host by ``interestyle_jax.grids``).
 
   Args:
     state: the TrainState.

@@ -28,9 +28,9 @@ from absl import logging
 from clu import periodic_actions
 from jax.sharding import PartitionSpec as P
 
+from interestyle_jax import grids
 from interestyle_jax.ops import xla_options
-from interestyle_jax.training import checkpointing, evaluation, setup as setup_lib
-from interestyle_jax.training import grids, logs
+from interestyle_jax.training import checkpointing, evaluation, logs, setup as setup_lib
 from interestyle_jax.training import state as state_lib
 from interestyle_jax.training import step as step_lib
 from interestyle_jax.training import workdir as workdir_lib

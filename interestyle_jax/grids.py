@@ -1,10 +1,12 @@
-"""Labelled image grids of the refinement iterations (NumPy + PIL, host side).
+"""Labelled image grids (NumPy + PIL, host side): training panels and edit grids.
 
 :func:`interestyle_jax.training.evaluation.visualize` returns the panels of a
 few rows on the device; :func:`columns` picks and labels the columns,
 :func:`render` lays them out under a header row of labels (PIL's default
 font), upscaling small tiles so a 32 px world stays readable, and
 :func:`write_png` stores the result as ``WORKDIR/images/{kind}_step_{N}.png``.
+:func:`label_header` is the header row alone; ``editing.image_grid`` puts it
+over the edit grids (strengths, layer ranges, interpolation steps).
 
 Columns: ``input``, ``mask``, then per iteration t the filtered input x̃ₜ
 (train grids only: validation feeds x̃ₜ = x, which would repeat the input
@@ -84,6 +86,40 @@ def _draw_label(draw: ImageDraw.ImageDraw, center_x: float, baseline: float, lab
     draw.text((center_x, baseline), label, fill=0, font=font, anchor='ms')
 
 
+def _fitting_font_size(labels: Sequence[str], width: int, size: int) -> int:
+  """The largest font size <= ``size`` (>= 8) at which every label fits ``width``."""
+  draw = ImageDraw.Draw(Image.new('L', (1, 1)))
+  while size > 8 and max((draw.textlength(l, font=_font(size)) for l in labels),
+                         default=0) > width - 2:
+    size -= 1
+  return size
+
+
+def label_header(labels: Sequence[str], tile: int, gap: int = GAP,
+                 font_size: int = 0) -> np.ndarray:
+  """A white strip with one label centred over each ``tile``-wide column.
+
+  Args:
+    labels: one per column ('' leaves a column unlabelled).
+    tile: column width in pixels.
+    gap: pixels between columns.
+    font_size: 0 picks ``tile / 8`` (at least 12), shrunk until the longest
+      label fits its column.
+
+  Returns:
+    uint8 ``[h, len(labels) * (tile + gap) - gap, 3]``.
+  """
+  size = _fitting_font_size(labels, tile, font_size or max(12, tile // 8))
+  height = int(size * 1.9)
+  width = len(labels) * (tile + gap) - gap
+  image = Image.new('RGB', (width, height), (BACKGROUND,) * 3)
+  draw = ImageDraw.Draw(image)
+  for c, label in enumerate(labels):
+    if label:
+      _draw_label(draw, c * (tile + gap) + tile / 2, height * 0.7, label, size)
+  return np.asarray(image)
+
+
 def render(cols: Sequence[Tuple[str, np.ndarray]], min_tile: int = MIN_TILE) -> np.ndarray:
   """Lays ``cols`` out as one image under a header row of labels.
 
@@ -99,23 +135,17 @@ def render(cols: Sequence[Tuple[str, np.ndarray]], min_tile: int = MIN_TILE) -> 
   rows, size = cols[0][1].shape[0], cols[0][1].shape[1]
   k = upscale_factor(size, min_tile)
   tile = size * k
-  font_size = max(12, tile // 8)
-  header = int(font_size * 1.9)
-  height = header + rows * (tile + GAP) - GAP
+  header = label_header([label for label, _ in cols], tile)
   width = len(cols) * (tile + GAP) - GAP
-  canvas = np.full((height, width, 3), BACKGROUND, np.uint8)
+  body = np.full((rows * (tile + GAP) - GAP, width, 3), BACKGROUND, np.uint8)
   for c, (_, images) in enumerate(cols):
     pixels = np.round(np.clip(np.asarray(images, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
     pixels = pixels.repeat(k, axis=1).repeat(k, axis=2)
     x0 = c * (tile + GAP)
     for r in range(rows):
-      y0 = header + r * (tile + GAP)
-      canvas[y0:y0 + tile, x0:x0 + tile] = pixels[r]
-  image = Image.fromarray(canvas)
-  draw = ImageDraw.Draw(image)
-  for c, (label, _) in enumerate(cols):
-    _draw_label(draw, c * (tile + GAP) + tile / 2, header * 0.7, label, font_size)
-  return np.asarray(image)
+      y0 = r * (tile + GAP)
+      body[y0:y0 + tile, x0:x0 + tile] = pixels[r]
+  return np.concatenate([header, body], axis=0)
 
 
 def write_png(workdir: str, kind: str, step: int, image: np.ndarray) -> str:

@@ -5,7 +5,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from interestyle_jax.training import grids
+from interestyle_jax import grids
 
 X1, Y1 = f'x{grids.TILDE}1', f'y{grids.HAT}1'
 
