@@ -27,6 +27,8 @@ CONVERTERS = {
                '--as_encoder_backbone)'),
     'lpips': ('interestyle_jax.convert.lpips',
               'LPIPS v0.1 AlexNet linear weights (alex.pth) plus --alexnet PATH'),
+    'mtcnn': ('interestyle_jax.convert.mtcnn',
+              'MTCNN face detector: pnet/rnet/onet .pt (facenet-pytorch) or .npy (pSp / ReStyle)'),
 }
 
 
@@ -41,13 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
   for kind, (module, help_text) in CONVERTERS.items():
     p = sub.add_parser(kind, help=help_text,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('src', help='PyTorch checkpoint file')
+    mod = importlib.import_module(module)
+    p.add_argument('src', help=getattr(mod, 'SRC_HELP', 'PyTorch checkpoint file'))
     p.add_argument('dst', help='output directory (must not exist)')
     p.add_argument('--overwrite', action='store_true', help='replace an existing DST')
     p.add_argument('--trust_checkpoint', action='store_true',
                    help='unpickle SRC in full (can run code in the file); by default only '
                         'tensors and plain containers are read')
-    mod = importlib.import_module(module)
     if hasattr(mod, 'add_arguments'):
       mod.add_arguments(p)
   return parser
@@ -55,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Arguments that name an input file, per converter (besides SRC).
 INPUT_FLAGS = {'lpips': ('alexnet',)}
+# Converters whose SRC may be a folder (MTCNN's three weight files).
+SRC_MAY_BE_DIR = ('mtcnn',)
 
 
 def check_paths(args) -> None:
@@ -69,6 +73,8 @@ def check_paths(args) -> None:
   inputs = [('SRC', args.src)] + [(f'--{f}', getattr(args, f)) for f in
                                    INPUT_FLAGS.get(args.kind, ()) if getattr(args, f, None)]
   for what, path in inputs:
+    if what == 'SRC' and args.kind in SRC_MAY_BE_DIR and os.path.isdir(path):
+      continue
     if not os.path.isfile(path):
       state = 'is a directory' if os.path.isdir(path) else 'does not exist'
       raise PathError(f'{what} {path} {state}: give the path of the PyTorch '
