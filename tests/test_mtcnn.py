@@ -16,9 +16,7 @@ NMS semantics) is put in ``sys.modules`` just for the import.
 
 import importlib
 import importlib.util
-import json
 import os
-import pickle
 import shutil
 import sys
 import types

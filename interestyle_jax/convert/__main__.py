@@ -73,7 +73,10 @@ def check_paths(args) -> None:
   inputs = [('SRC', args.src)] + [(f'--{f}', getattr(args, f)) for f in
                                    INPUT_FLAGS.get(args.kind, ()) if getattr(args, f, None)]
   for what, path in inputs:
-    if what == 'SRC' and args.kind in SRC_MAY_BE_DIR and os.path.isdir(path):
+    if what == 'SRC' and args.kind in SRC_MAY_BE_DIR:
+      if not os.path.exists(path):
+        raise PathError(f'SRC {path} does not exist: give the folder (or facenet-pytorch '
+                        '.whl) holding the pnet/rnet/onet weights')
       continue
     if not os.path.isfile(path):
       state = 'is a directory' if os.path.isdir(path) else 'does not exist'

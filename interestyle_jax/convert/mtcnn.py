@@ -30,7 +30,7 @@ import pickle
 import shutil
 import tempfile
 import zipfile
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp

@@ -495,11 +495,10 @@ class MTCNN:
     data = np.zeros((_pow2(n), size, size, 3), np.float32)
     if n:
       data[:n] = area_resize(table, owner, crops, size, size)
+    # With no candidate left the (padded) batch is all zeros; its outputs are
+    # sliced to nothing, which keeps the shapes right for the next steps.
     run = _run_rnet if net == 'rnet' else _run_onet
-    outs = run(self.variables[net], data) if n else None
-    if outs is None:  # nothing left: empty outputs of the right widths
-      widths = (4, 0) if net == 'rnet' else (4, 10, 0)
-      outs = tuple(np.zeros((0, k) if k else (0,), np.float32) for k in widths)
+    outs = run(self.variables[net], data)
     return boxes, owner, tuple(np.asarray(o)[:n] for o in outs)
 
 
