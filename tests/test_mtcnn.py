@@ -265,6 +265,21 @@ def test_networks_match_facenet(facenet, detector):
     assert np.abs(np.asarray(g) - w.numpy()).max() < 1e-5
 
 
+def test_area_resize_is_torch_area_interpolation():
+  """Pyramid levels and crops are bit-identical to ``interpolate(mode='area')``."""
+  image = PHOTOS['astronaut']
+  table = ours.integral_image(image[None].astype(np.float32))
+  full = torch.as_tensor(image[None].copy()).permute(0, 3, 1, 2).float()
+  # Whole image down to pyramid sizes, a crop down to 24, and a small crop up to 48.
+  for (x0, y0, x1, y1), (oh, ow) in (((0, 0, 512, 512), (308, 308)),
+                                     ((0, 0, 512, 512), (7, 9)),
+                                     ((150, 40, 290, 190), (24, 24)),
+                                     ((100, 120, 117, 131), (48, 48))):
+    got = ours.area_resize(table, np.array([0]), np.array([[x0, y0, x1, y1]]), oh, ow)
+    want = torch.nn.functional.interpolate(full[:, :, y0:y1, x0:x1], size=(oh, ow), mode='area')
+    np.testing.assert_array_equal(got, want.permute(0, 2, 3, 1).numpy())
+
+
 # ----------------------------------------------------------------------------- the cascade
 
 
