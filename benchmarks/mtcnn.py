@@ -86,7 +86,7 @@ def main():
   first, median, faces = _time(ours.detect, image, args.iters)
   print(f'ours (JAX)       first {first:6.2f} s  then {median * 1e3:7.1f} ms  '
         f'{1 / median:6.2f} images/s  {len(faces.boxes) / median:6.2f} faces/s  '
-        f'boxes {np.round(faces.boxes, 1).tolist()}')
+        f'boxes {np.round(faces.boxes.astype(float), 1).tolist()}')
 
   if spec is None:
     print('facenet-pytorch not installed: no reference timing')
