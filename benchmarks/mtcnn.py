@@ -67,6 +67,9 @@ def main():
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--size', type=int, default=1024, help='image side (astronaut upscaled)')
   p.add_argument('--iters', type=int, default=5, help='timed calls')
+  p.add_argument('--torch_threads', type=int, default=0,
+                 help='torch.set_num_threads for facenet-pytorch (0: torch default; 1 is '
+                      'steadier on a shared machine)')
   p.add_argument('--weights', default=None,
                  help='folder with pnet/rnet/onet (.pt or .npy); default: the installed '
                       'facenet_pytorch package')
@@ -94,6 +97,8 @@ def main():
   if importlib.util.find_spec('torchvision') is None:
     _stub_torchvision()
   import torch  # pylint: disable=g-import-not-at-top
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
   facenet = importlib.import_module('facenet_pytorch')
   ref = facenet.MTCNN(keep_all=True)
   first, median, out = _time(ref.detect, image, args.iters)

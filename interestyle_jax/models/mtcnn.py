@@ -21,10 +21,10 @@ at the border gives a stretched crop.
 The networks run jit-compiled. P-Net gets each pyramid level padded up to a
 size bucket (a handful per octave) with the true size passed as a traced
 argument, so photos of many sizes share a few compiled programs; R-Net and
-O-Net get their candidates padded to a power of two. Box bookkeeping (window
-decoding, NMS, regression, crops) runs on the host in NumPy in float32, in the
-same operation order as the reference, so that integer truncations of box
-coordinates agree with it.
+O-Net get their candidates padded to a bucket too. Box bookkeeping (window
+decoding, NMS, regression, crops: :mod:`interestyle_jax.models.mtcnn_boxes`)
+runs on the host in NumPy in float32, in the same operation order as the
+reference, so that integer truncations of box coordinates agree with it.
 
 Weights: ``python -m interestyle_jax.convert mtcnn SRC DST`` (see
 :mod:`interestyle_jax.convert.mtcnn`), then :func:`load_mtcnn`.
@@ -39,6 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from interestyle_jax.models.irse import PReLU
+# The host-side box arithmetic (also public here).
+from interestyle_jax.models.mtcnn_boxes import (CELL, STRIDE, area_resize, area_resize_whole,  # noqa: F401
+                                                batched_nms, crop_boxes, integral_image, nms,
+                                                pyramid_scales, regress, square)
 
 KIND = 'mtcnn'
 NETS = ('pnet', 'rnet', 'onet')
@@ -46,8 +50,6 @@ NETS = ('pnet', 'rnet', 'onet')
 MIN_FACE_SIZE = 20
 THRESHOLDS = (0.6, 0.7, 0.7)
 FACTOR = 0.709
-# P-Net sees 12x12 windows with an output stride of 2.
-CELL, STRIDE = 12, 2
 
 
 # ----------------------------------------------------------------------------- networks
@@ -183,7 +185,7 @@ def _run_onet(variables, x):
   return ONet().apply(variables, _normalise(x))
 
 
-# ----------------------------------------------------------------------------- host-side helpers
+# ----------------------------------------------------------------------------- shape buckets
 
 
 def _bucket(n: int) -> int:
@@ -192,150 +194,9 @@ def _bucket(n: int) -> int:
   return -(-n // q) * q
 
 
-def _pow2(n: int, least: int = 16) -> int:
-  return max(least, 1 << (n - 1).bit_length())
-
-
-def integral_image(images: np.ndarray) -> np.ndarray:
-  """Summed-area tables ``[B, H + 1, W + 1, C]`` in float64 (exact for 8-bit pixels)."""
-  b, h, w, c = images.shape
-  table = np.zeros((b, h + 1, w + 1, c), np.float64)
-  np.cumsum(np.cumsum(images, axis=1, dtype=np.float64), axis=2, out=table[:, 1:, 1:])
-  return table
-
-
-def _windows(start: np.ndarray, length: np.ndarray, out: int) -> Tuple[np.ndarray, np.ndarray]:
-  """PyTorch adaptive-pooling windows ``[floor(i L / o), ceil((i + 1) L / o))`` per row."""
-  i = np.arange(out)
-  lo = (i[None] * length[:, None]) // out
-  hi = -((-(i[None] + 1) * length[:, None]) // out)
-  return start[:, None] + lo, start[:, None] + hi
-
-
-def area_resize(table: np.ndarray, image_index: np.ndarray, boxes: np.ndarray,
-                out_h: int, out_w: int) -> np.ndarray:
-  """Crops and resizes like ``torch.nn.functional.interpolate(mode='area')``.
-
-  Args:
-    table: summed-area tables from :func:`integral_image`.
-    image_index: ``[N]`` image of each crop.
-    boxes: ``[N, 4]`` int crops ``(x0, y0, x1, y1)``, end exclusive, inside the image.
-    out_h: output height.
-    out_w: output width.
-
-  Returns:
-    ``[N, out_h, out_w, C]`` float32 window means.
-  """
-  r0, r1 = _windows(boxes[:, 1], boxes[:, 3] - boxes[:, 1], out_h)
-  c0, c1 = _windows(boxes[:, 0], boxes[:, 2] - boxes[:, 0], out_w)
-  b = image_index[:, None, None]
-
-  def at(r, c):
-    return table[b, r[:, :, None], c[:, None, :]]
-
-  sums = at(r1, c1) - at(r0, c1) - at(r1, c0) + at(r0, c0)
-  # PyTorch sums in float32 (exact for these integer sums) and divides by
-  # the window height, then by its width.
-  kh = (r1 - r0).astype(np.float32)[:, :, None, None]
-  kw = (c1 - c0).astype(np.float32)[:, None, :, None]
-  return sums.astype(np.float32) / kh / kw
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = 'iou') -> np.ndarray:
-  """Greedy non-maximum suppression on one image.
-
-  Args:
-    boxes: ``[N, 4]`` float32 ``(x1, y1, x2, y2)``.
-    scores: ``[N]``.
-    threshold: boxes overlapping a kept one by more than this are dropped.
-    mode: ``'iou'``: intersection over union with areas ``w * h``
-      (torchvision's ``nms``, used by the first stages); ``'min'``:
-      intersection over the smaller box with areas ``(w + 1) * (h + 1)``
-      (facenet-pytorch's last stage).
-
-  Returns:
-    Indices of the kept boxes, best first.
-  """
-  if mode not in ('iou', 'min'):
-    raise ValueError(f"nms mode must be 'iou' or 'min', got {mode!r}")
-  one = np.float32(1 if mode == 'min' else 0)
-  x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
-  area = (x2 - x1 + one) * (y2 - y1 + one)
-  # Ties are ordered as the reference orders them: a stable descending sort
-  # (torchvision) or NumPy's default ascending argsort read backwards (facenet).
-  order = np.argsort(-scores, kind='stable') if mode == 'iou' else np.argsort(scores)[::-1]
-  keep = []
-  while order.size:
-    i, rest = order[0], order[1:]
-    keep.append(i)
-    w = np.maximum(np.float32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + one)
-    h = np.maximum(np.float32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + one)
-    inter = w * h
-    denom = np.minimum(area[i], area[rest]) if mode == 'min' else area[i] + area[rest] - inter
-    order = rest[inter / denom <= threshold]
-  return np.asarray(keep, np.int64)
-
-
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, image_index: np.ndarray,
-                threshold: float, mode: str = 'iou') -> np.ndarray:
-  """:func:`nms` separately per image; indices best first within each image."""
-  keep = [np.nonzero(image_index == b)[0] for b in np.unique(image_index)]
-  keep = [sel[nms(boxes[sel], scores[sel], threshold, mode)] for sel in keep]
-  return np.concatenate(keep) if keep else np.zeros((0,), np.int64)
-
-
-def square(boxes: np.ndarray) -> np.ndarray:
-  """Grows each box to a square of its longer side about the same centre (``rerec``)."""
-  boxes = boxes.copy()
-  w = boxes[:, 2] - boxes[:, 0]
-  h = boxes[:, 3] - boxes[:, 1]
-  side = np.maximum(w, h)
-  half = np.float32(0.5)
-  boxes[:, 0] = boxes[:, 0] + w * half - side * half
-  boxes[:, 1] = boxes[:, 1] + h * half - side * half
-  boxes[:, 2] = boxes[:, 0] + side
-  boxes[:, 3] = boxes[:, 1] + side
-  return boxes
-
-
-def regress(boxes: np.ndarray, reg: np.ndarray, plus_one: bool = True) -> np.ndarray:
-  """Moves box corners by ``reg`` times the box size (``w = x2 - x1 + 1`` in the later stages)."""
-  one = np.float32(1 if plus_one else 0)
-  size = np.stack([boxes[:, 2] - boxes[:, 0] + one, boxes[:, 3] - boxes[:, 1] + one], 1)
-  out = boxes.copy()
-  out[:, :4] = boxes[:, :4] + reg * np.tile(size, 2)
-  return out
-
-
-def crop_boxes(boxes: np.ndarray, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
-  """Integer crops of (regressed, squared) boxes, clipped to the image.
-
-  Truncates the coordinates toward zero; the crop is rows ``y1 - 1 .. y2 - 1``
-  with ``y1 >= 1`` and ``y2 <= height`` (likewise for columns), as the
-  reference cuts them.
-
-  Returns:
-    ``(crops [N, 4] int (x0, y0, x1, y1) end exclusive, ok [N] bool)``; ``ok``
-    is False for a box that lies outside the image (an empty crop).
-  """
-  b = np.trunc(boxes[:, :4]).astype(np.int64)
-  x0 = np.maximum(b[:, 0], 1) - 1
-  y0 = np.maximum(b[:, 1], 1) - 1
-  x1 = np.minimum(b[:, 2], width)
-  y1 = np.minimum(b[:, 3], height)
-  return np.stack([x0, y0, x1, y1], 1), (x1 > x0) & (y1 > y0)
-
-
-def pyramid_scales(height: int, width: int, min_face_size: float, factor: float) -> List[float]:
-  """Scales at which a ``min_face_size`` face fills P-Net's 12 px window, down to 12 px images."""
-  scale = CELL / min_face_size
-  side = min(height, width) * scale
-  scales = []
-  while side >= CELL:
-    scales.append(scale)
-    scale *= factor
-    side *= factor
-  return scales
+def _batch_bucket(n: int) -> int:
+  """Pads a number of crops to a bucket (16, then four sizes per octave): few compiles."""
+  return _bucket(max(n, 16))
 
 
 # ----------------------------------------------------------------------------- the cascade
@@ -356,7 +217,7 @@ class Faces(NamedTuple):
 
 
 def _as_batch(images, value_range: Tuple[float, float]) -> Tuple[np.ndarray, bool]:
-  """``[B, H, W, 3]`` float32 pixels in [0, 255], and whether one image was given."""
+  """``[B, H, W, 3]`` uint8, or float32 in [0, 255], and whether one image was given."""
   if isinstance(images, (list, tuple)):
     images = [np.asarray(im) for im in images]
     shapes = sorted({im.shape for im in images})
@@ -377,7 +238,7 @@ def _as_batch(images, value_range: Tuple[float, float]) -> Tuple[np.ndarray, boo
   if images.shape[-1] == 1:
     images = np.repeat(images, 3, axis=-1)
   if images.dtype == np.uint8:
-    return images.astype(np.float32), single
+    return images, single  # integer summed-area tables: exact and faster
   lo, hi = (float(v) for v in value_range)
   return (images.astype(np.float32) - lo) * np.float32(255.0 / (hi - lo)), single
 
@@ -431,11 +292,10 @@ class MTCNN:
 
     # Stage 1: P-Net over the pyramid.
     cands, regs, owners = [], [], []
-    whole = np.tile(np.array([[0, 0, w, h]]), (n_img, 1))
     for scale in pyramid_scales(h, w, self.min_face_size, self.factor):
       lh, lw = int(h * scale + 1), int(w * scale + 1)
       level = np.zeros((n_img, _bucket(lh), _bucket(lw), 3), f32)
-      level[:, :lh, :lw] = area_resize(table, np.arange(n_img), whole, lh, lw)
+      level[:, :lh, :lw] = area_resize_whole(table, lh, lw)
       reg, prob = _run_pnet(self.variables['pnet'], level, np.array([lh, lw], np.int32))
       oh, ow = pnet_output_size(lh), pnet_output_size(lw)
       prob, reg = np.asarray(prob)[:, :oh, :ow], np.asarray(reg)[:, :oh, :ow]
@@ -492,7 +352,7 @@ class MTCNN:
     crops, ok = crop_boxes(boxes, h, w)
     boxes, owner, crops = boxes[ok], owner[ok], crops[ok]
     n = len(boxes)
-    data = np.zeros((_pow2(n), size, size, 3), np.float32)
+    data = np.zeros((_batch_bucket(n), size, size, 3), np.float32)
     if n:
       data[:n] = area_resize(table, owner, crops, size, size)
     # With no candidate left the (padded) batch is all zeros; its outputs are
