@@ -1,4 +1,4 @@
-"""The embedded default: the synthetic world, no download, ~5 min on 2 CPU cores.
+"""The embedded default: the synthetic world, no download (the main job; README gives its time).
 
 A random-weight 32 px StyleGAN2 (fixed seed) is the frozen generator; its
 samples, with OOD backgrounds and occluders pasted into the uninterest region,
@@ -12,7 +12,7 @@ from interestyle_jax.training.config import default_config
 def get_config():
   """The synthetic configuration."""
   c = default_config()
-  c.num_train_steps = 1200  # ~0.15 s/step on 2 CPU cores.
+  c.num_train_steps = 1200  # Optimizer steps: the main job's whole budget.
   c.batch_size = 8  # Global batch.
   c.eval_batch_size = 32  # Held-out batch (64 images = 2 batches).
   c.log_every_steps = 50  # Train scalars / progress every N steps.
