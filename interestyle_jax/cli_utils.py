@@ -43,8 +43,8 @@ class OutputPathError(ValueError):
   """An output path cannot be written (the message names the flag and the fix)."""
 
 
-def _nearest_existing(path: str) -> str:
-  """The path itself or its closest existing ancestor."""
+def nearest_existing(path: str) -> str:
+  """The path itself or its closest existing ancestor (absolute)."""
   path = os.path.abspath(path)
   while not os.path.lexists(path):
     parent = os.path.dirname(path)
@@ -77,7 +77,7 @@ def check_output_dir(path: str, flag: str) -> str:
   if os.path.exists(full) and not os.path.isdir(full):
     raise OutputPathError(f'{flag} {path} is a file, not a folder; give a folder path '
                           '(created when missing) or move the file away')
-  base = _nearest_existing(full)
+  base = nearest_existing(full)
   if not os.path.isdir(base):
     raise OutputPathError(f'{flag} {path} cannot be created: {base} is a file, not a folder; '
                           'choose another path or move that file away')

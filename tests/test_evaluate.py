@@ -267,11 +267,7 @@ def _damaged(src, dst, edit_meta=None, truncate=False):
     edit_meta(meta)
     json.dump(meta, open(meta_path, 'w'))
   if truncate:
-    files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(dst, 'variables'))
-             for f in fs]
-    biggest = max(files, key=os.path.getsize)
-    data = open(biggest, 'rb').read()
-    open(biggest, 'wb').write(data[:len(data) // 2])
+    tc.truncate_arrays(str(dst))
   return str(dst)
 
 

@@ -95,6 +95,17 @@ def make_arcface_dir(path: str, seed: int = 2) -> str:
                                  {'kind': 'arcface', 'arcface': kwargs})
 
 
+def truncate_arrays(model_dir: str) -> None:
+  """Cuts the largest file under ``model_dir/variables`` (the array data) in half."""
+  files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(model_dir, 'variables'))
+           for f in fs]
+  biggest = max(files, key=os.path.getsize)
+  with open(biggest, 'rb') as f:
+    data = f.read()
+  with open(biggest, 'wb') as f:
+    f.write(data[:len(data) // 2])
+
+
 def photos(n: int, size: int = SIZE, seed: int = 0) -> np.ndarray:
   """Smooth random uint8 photos ``[n, size, size, 3]`` (not pure noise)."""
   rng = np.random.default_rng(seed)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Unio
 import flax
 import numpy as np
 
-from interestyle_jax import artifacts
+from interestyle_jax import artifacts, cli_utils
 
 Path = Tuple[str, ...]
 # A key mapper returns (flax path, numpy array) for a tensor, IGNORE for a
@@ -42,16 +42,6 @@ class PathError(ValueError):
   """A path given to the converter is unusable (checked before converting)."""
 
 
-def _nearest_existing(path: str) -> str:
-  """``path`` or its closest ancestor that exists."""
-  while not os.path.lexists(path):
-    parent = os.path.dirname(path)
-    if parent == path:
-      break
-    path = parent
-  return path
-
-
 def check_output_location(dst: str) -> str:
   """Checks, before any slow work, that a model directory can be written at ``dst``.
 
@@ -77,7 +67,7 @@ def check_output_location(dst: str) -> str:
     raise PathError(
         f'output {dst} is an existing file, not a directory: the converter writes a model '
         f'directory (model.json + variables/); give a new directory path, e.g. {dst}.flax')
-  anchor = _nearest_existing(os.path.dirname(path))
+  anchor = cli_utils.nearest_existing(os.path.dirname(path))
   if not os.path.isdir(anchor):
     raise PathError(
         f'cannot create output {dst}: {anchor} is a file, not a directory; choose an '
