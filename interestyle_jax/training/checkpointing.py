@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from interestyle_jax import artifacts
+from interestyle_jax.training import workdir as workdir_lib
 from interestyle_jax.training.config import ConfigError
 
 BEST_METRIC = 'val_loss'
@@ -154,10 +155,8 @@ class Checkpointer:
     if jax.process_index() == 0:
       path = os.path.join(self._step_dir(manager, step), DIGEST_FILE)
       if os.path.isdir(os.path.dirname(path)):  # best/ may have dropped it already
-        tmp = path + '.tmp'
-        with open(tmp, 'w') as f:
-          json.dump({'step': int(step), 'sha256': digest}, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        workdir_lib.write_atomic(path, json.dumps({'step': int(step), 'sha256': digest},
+                                                  indent=1, sort_keys=True))
 
   def _restore(self, manager, step: int, template):
     """Restores ``step`` and checks it against its digest; raises if damaged."""

@@ -98,10 +98,7 @@ def evaluate(eval_fn, state, frozen, batches, mesh) -> Dict[str, float]:
 
 
 def _write_json(path: str, obj) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)  # atomic: readers never see a half-written file
+  workdir_lib.write_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def _local_rows(batch, n: int):

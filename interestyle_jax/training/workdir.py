@@ -349,6 +349,26 @@ def check_resume(config, workdir: str) -> None:
         f'recipe. Use a new --workdir, or restore the old values ({flags})')
 
 
+def write_atomic(path: str, text: str) -> str:
+  """Writes ``text`` to ``path`` through a temporary file and a rename.
+
+  Readers (evaluate, a resumed run, a user's script) never see a
+  half-written file, and a crash leaves the previous version.
+
+  Args:
+    path: the file.
+    text: its whole content.
+
+  Returns:
+    ``path``.
+  """
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+  return path
+
+
 def write_config(config, workdir: str) -> str:
   """Writes the run's full config to ``WORKDIR/config.json`` atomically.
 
@@ -362,9 +382,5 @@ def write_config(config, workdir: str) -> str:
   Returns:
     The path written.
   """
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(tmp, path)  # readers never see a half-written file
-  return path
+  return write_atomic(os.path.join(workdir, CONFIG_FILE),
+                      config.to_json_best_effort(indent=2, sort_keys=True))
