@@ -25,6 +25,9 @@ CONVERTERS = {
     'irse50': ('interestyle_jax.convert.irse50',
                'ArcFace IR-SE50 model_ir_se50.pth (ID loss; or an encoder init with '
                '--as_encoder_backbone)'),
+    'curricularface': ('interestyle_jax.convert.curricularface',
+                       "CurricularFace IR-101 CurricularFace_Backbone.pth (the paper's ID "
+                       'metric: evaluate --id_protocol paper)'),
     'lpips': ('interestyle_jax.convert.lpips',
               'LPIPS v0.1 AlexNet linear weights (alex.pth) plus --alexnet PATH'),
     'mtcnn': ('interestyle_jax.convert.mtcnn',

@@ -1,11 +1,13 @@
 """Key mapping and architecture inference for IR-SE / ResNet-34 state dicts.
 
-Shared by the ``restyle`` (encoder), ``irse50`` (ArcFace) converters. Key
-layouts (PyTorch, after any ``encoder.`` prefix is removed)::
+Shared by the ``restyle`` (encoder), ``irse50`` (ArcFace) and
+``curricularface`` (IR-101) converters. Key layouts (PyTorch, after any
+``encoder.`` prefix is removed)::
 
     input_layer.{0 conv, 1 BN, 2 PReLU}                     IR-SE input layer
     body.{i}.shortcut_layer.{0 conv, 1 BN}                  IR-SE unit shortcut
     body.{i}.res_layer.{0 BN, 1 conv, 2 PReLU, 3 conv, 4 BN, 5 SE(fc1, fc2)}
+                                                            (no 5 in mode 'ir' units)
     conv1 / bn1 / relu (PReLU)                              ResNet-34 stem
     body.{i}.{conv1, bn1, conv2, bn2, downsample.{0, 1}}    ResNet BasicBlock
     styles.{j}.convs.{k}, styles.{j}.linear                 GradualStyleBlocks
@@ -178,6 +180,19 @@ def infer_backbone(sd: Mapping[str, Any], source: str = 'checkpoint') -> Dict[st
   elif units == RESNET34_STAGE_UNITS:
     out['stage_units'] = None
   return out
+
+
+def irse_mode(sd: Mapping[str, Any]) -> str:
+  """Which IR unit an ``input_layer``/``body`` state dict holds.
+
+  Args:
+    sd: backbone state dict.
+
+  Returns:
+    'ir_se' when any unit has squeeze-and-excitation weights
+    (``body.N.res_layer.5.fc1.weight``), else 'ir'.
+  """
+  return 'ir_se' if count_indexed(sd, 'body.', '.res_layer.5.fc1.weight') else 'ir'
 
 
 def infer_encoder(sd: Mapping[str, Any], source: str = 'checkpoint'):

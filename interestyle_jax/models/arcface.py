@@ -40,12 +40,18 @@ class ArcFace(nn.Module):
     width: first-stage channels (64).
     input_size: input resolution, 112 (the final map is input_size / 16).
     embedding_dim: embedding width (512).
+    mode: 'ir_se' (ArcFace IR-SE) or 'ir' (no SE gates: the CurricularFace
+      IR-101 of :mod:`interestyle_jax.models.curricularface`).
+    affine_output: whether the final BatchNorm1d has a scale and bias
+      (TreB1eN's ``affine=True``; ``IR_101`` builds it with ``affine=False``).
   """
   num_layers: int = 50
   stage_units: Optional[Tuple[int, ...]] = None
   width: int = 64
   input_size: int = 112
   embedding_dim: int = 512
+  mode: str = 'ir_se'
+  affine_output: bool = True
 
   def __post_init__(self):
     if self.stage_units is not None and not isinstance(self.stage_units, tuple):
@@ -66,12 +72,13 @@ class ArcFace(nn.Module):
       raise ValueError(f'ArcFace expects [B, {self.input_size}, {self.input_size}, 3] '
                        f'inputs, got {x.shape}')
     units = irse_stage_units(self.num_layers, self.stage_units)
-    x = IRSEBackbone(units, self.width, name='backbone')(x, False)
+    x = IRSEBackbone(units, self.width, self.mode, name='backbone')(x, False)
     x = nn.BatchNorm(use_running_average=True, epsilon=BN_EPS, name='output_bn')(x)
     # PyTorch flattens NCHW: the linear layer's inputs are ordered (c, h, w).
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
     x = nn.Dense(self.embedding_dim, name='output_linear')(x)
-    x = nn.BatchNorm(use_running_average=True, epsilon=BN_EPS, name='output_bn1d')(x)
+    x = nn.BatchNorm(use_running_average=True, epsilon=BN_EPS, use_scale=self.affine_output,
+                     use_bias=self.affine_output, name='output_bn1d')(x)
     return l2_normalize(x)
 
 

@@ -3,7 +3,8 @@
 The IR-SE network is the "improved residual" face-recognition ResNet with
 squeeze-and-excitation units (InsightFace, TreB1eN's PyTorch port) that
 pSp/ReStyle use both as the encoder backbone and, with an output head, as the
-ArcFace identity network. ResNet-34 is torchvision's layout of BasicBlocks as
+ArcFace identity network. ``mode='ir'`` drops the SE gate (``bottleneck_IR``):
+the IR-101 of CurricularFace that ReStyle's ID metric uses. ResNet-34 is torchvision's layout of BasicBlocks as
 ReStyle's ``ResNetBackboneEncoder`` uses it for non-face domains.
 
 Submodule names encode the PyTorch state-dict layout so that conversion is a
@@ -32,6 +33,8 @@ IRSE_STAGE_UNITS = {
 }
 RESNET34_STAGE_UNITS = (3, 4, 6, 3)
 STAGE_MULTIPLIERS = (1, 2, 4, 8)
+# Unit types of TreB1eN's Backbone: bottleneck_IR_SE and bottleneck_IR.
+IRSE_MODES = ('ir_se', 'ir')
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
 
@@ -56,6 +59,13 @@ def irse_stage_units(num_layers: int = 50,
     raise ValueError(f'IR-SE num_layers must be one of {sorted(IRSE_STAGE_UNITS)}, '
                      f'got {num_layers}')
   return IRSE_STAGE_UNITS[num_layers]
+
+
+def check_mode(mode: str) -> str:
+  """Validates a unit type: 'ir_se' (with SE gate) or 'ir' (without)."""
+  if mode not in IRSE_MODES:
+    raise ValueError(f'IR mode must be one of {IRSE_MODES}, got {mode!r}')
+  return mode
 
 
 def batch_norm(train: bool, name: str) -> nn.BatchNorm:
@@ -108,10 +118,12 @@ class SEModule(nn.Module):
 class BottleneckIRSE(nn.Module):
   """``bottleneck_IR_SE``: BN → conv3x3 → PReLU → conv3x3(stride) → BN → SE,
   plus a shortcut (stride-subsampling when the width is unchanged, else a
-  strided 1x1 conv + BN).
+  strided 1x1 conv + BN). With ``mode='ir'`` it is ``bottleneck_IR``: the
+  same without the SE gate.
   """
   features: int
   stride: int
+  mode: str = 'ir_se'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -126,7 +138,8 @@ class BottleneckIRSE(nn.Module):
     r = PReLU(name='res_prelu')(r)
     r = conv(self.features, 3, self.stride, 1, name='res_conv2')(r)
     r = batch_norm(train, 'res_bn2')(r)
-    r = SEModule(name='se')(r)
+    if check_mode(self.mode) == 'ir_se':
+      r = SEModule(name='se')(r)
     return r + shortcut
 
 
@@ -138,9 +151,11 @@ class IRSEBackbone(nn.Module):
   Attributes:
     stage_units: units per stage (see :func:`irse_stage_units`).
     width: channels of the first stage; stages use width * (1, 2, 4, 8).
+    mode: 'ir_se' (units with SE gates) or 'ir' (without).
   """
   stage_units: Tuple[int, ...] = IRSE_STAGE_UNITS[50]
   width: int = 64
+  mode: str = 'ir_se'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -150,7 +165,7 @@ class IRSEBackbone(nn.Module):
     i = 0
     for units, mult in zip(self.stage_units, STAGE_MULTIPLIERS):
       for u in range(units):
-        x = BottleneckIRSE(self.width * mult, 2 if u == 0 else 1,
+        x = BottleneckIRSE(self.width * mult, 2 if u == 0 else 1, self.mode,
                            name=f'body_{i}')(x, train)
         i += 1
     return x
