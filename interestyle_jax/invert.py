@@ -22,6 +22,12 @@ bilinear filter (``data/folder.py``), as the training data was; aligned,
 square face crops (FFHQ / CelebA-HQ style) are what the encoder expects, and a
 non-square image is squashed (with a warning naming it).
 
+With ``--align --mtcnn DIR`` the inputs are raw photos: every face MTCNN
+finds is aligned as FFHQ was (:mod:`interestyle_jax.align`) at the
+generator's resolution, written as ``out/a/b_aligned.png``, and inverted;
+several faces in one photo are numbered ``b_0``, ``b_1``, … (largest
+first), and a photo without a face is skipped with that reason.
+
 Folders are searched recursively; symlinked folders are followed, but each
 real folder and each real file is visited once, so a link cycle (``self ->
 .``) or a second link to the same photos inverts nothing twice.
@@ -31,7 +37,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -47,6 +53,7 @@ class ImageError(ValueError):
 
 
 OUTPUT_SUFFIXES = ('.png', '_iterations.png', '.npy')
+ALIGNED_SUFFIX = '_aligned.png'  # with --align: the FFHQ-aligned face that was inverted
 
 
 class Report(NamedTuple):
@@ -57,10 +64,13 @@ class Report(NamedTuple):
     skipped: ``(input path, reason)`` pairs.
     squashed: ``(input path, (width, height))`` of the non-square images that
       were resized to a square anyway.
+    faces: with ``--align``, one summary record per face found (``file``,
+      ``output``, ``box``, ``prob``, ``landmarks``).
   """
   inverted: List[str]
   skipped: List[Tuple[str, str]]
   squashed: Sequence[Tuple[str, Tuple[int, int]]] = ()
+  faces: Sequence[Dict] = ()
 
 
 class Found(NamedTuple):
@@ -228,12 +238,14 @@ def find_inputs(path: str, exclude: Optional[str] = None) -> Found:
   return Found(inputs, ignored, duplicates)
 
 
-def check_outputs(out_dir: str, stems: Sequence[str]) -> None:
+def check_outputs(out_dir: str, stems: Sequence[str],
+                  suffixes: Sequence[str] = OUTPUT_SUFFIXES) -> None:
   """Checks, before any work, that every output of the run can be written.
 
   Args:
     out_dir: the output folder (``--output``).
     stems: the output stems of :func:`find_inputs`.
+    suffixes: the files written per stem.
 
   Raises:
     cli_utils.OutputPathError: ``out_dir`` is a file or not writable, a
@@ -241,7 +253,7 @@ def check_outputs(out_dir: str, stems: Sequence[str]) -> None:
       of outputs goes.
   """
   cli_utils.check_output_dir(out_dir, '--output')
-  targets = [SUMMARY_FILE] + [stem + suffix for stem in stems for suffix in OUTPUT_SUFFIXES]
+  targets = [SUMMARY_FILE] + [stem + suffix for stem in stems for suffix in suffixes]
   for rel in targets:
     if os.path.isdir(os.path.join(out_dir, rel)):
       raise cli_utils.OutputPathError(
@@ -260,8 +272,12 @@ def _write(out_dir: str, stem: str, recon, strip, latent) -> None:
 
 def invert_files(inverter, inputs: List[Tuple[str, str]], out_dir: str,
                  n_iters: Optional[int] = None, batch_size: int = 4,
-                 progress: bool = True) -> Report:
+                 progress: bool = True, detector=None) -> Report:
   """Inverts image files batch by batch and writes the outputs.
+
+  With a ``detector`` the files are raw photos: each face is FFHQ-aligned
+  at the generator resolution, written as ``<stem>_aligned.png`` and
+  inverted (:func:`_aligned_faces`).
 
   Args:
     inverter: an ``inference.Inverter``.
@@ -270,14 +286,16 @@ def invert_files(inverter, inputs: List[Tuple[str, str]], out_dir: str,
     n_iters: refinement iterations (default: the model's).
     batch_size: images per encoder call; the last batch is padded so a
       single compiled program serves every batch.
-    progress: show a tqdm progress bar.
+    progress: show a tqdm progress bar (photos done).
+    detector: an MTCNN (``align.load_detector``) to align raw photos with.
 
   Returns:
     A :class:`Report`.
   """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   size = inverter.encoder_size
-  inverted, skipped, squashed = [], [], []
+  inverted, skipped, squashed, faces = [], [], [], []
+  taken = {stem for _, stem in inputs}
   bar = tqdm(total=len(inputs), unit='img', disable=not progress, desc='inverting')
   pending: List[Tuple[str, np.ndarray]] = []
 
@@ -294,11 +312,20 @@ def invert_files(inverter, inputs: List[Tuple[str, str]], out_dir: str,
       strip = editing.image_grid(np.concatenate([image[None], editing.resize(iters[k], size)]))
       _write(out_dir, stem, recons[k], strip, latents[k])
       inverted.append(stem)
-    bar.update(len(pending))
+    if detector is None:
+      bar.update(len(pending))
     pending.clear()
 
   for file, stem in inputs:
     try:
+      if detector is not None:
+        for name, image, record in _aligned_faces(detector, file, stem, taken, inverter, out_dir):
+          pending.append((name, folder.resize_image(image, size)))
+          faces.append(record)
+          if len(pending) == batch_size:
+            flush()
+        bar.update(1)
+        continue
       image, (w, h) = read_image_sized(file, size)
       pending.append((stem, image))
       if w != h:
@@ -311,7 +338,39 @@ def invert_files(inverter, inputs: List[Tuple[str, str]], out_dir: str,
   if pending:
     flush()
   bar.close()
-  return Report(inverted, skipped, squashed)
+  return Report(inverted, skipped, squashed, faces)
+
+
+def _aligned_faces(detector, file: str, stem: str, taken, inverter, out_dir: str):
+  """Detects and FFHQ-aligns the faces of a raw photo; writes ``<name>_aligned.png``.
+
+  Args:
+    detector: the MTCNN.
+    file: the photo.
+    stem: its output stem.
+    taken: output stems in use (updated).
+    inverter: the inverter (its generator resolution is the crop size).
+    out_dir: output folder.
+
+  Returns:
+    ``(output stem, aligned uint8 crop, summary record)`` per face.
+
+  Raises:
+    ImageError: unreadable photo, or no face in it.
+  """
+  from interestyle_jax import align  # pylint: disable=g-import-not-at-top
+  try:
+    photo = align.read_photo(file)
+  except align.PhotoError as e:
+    raise ImageError(str(e)) from e
+  found = align.align_faces(detector, photo, inverter.generator.resolution)
+  if not found:
+    raise ImageError(align.NO_FACE)
+  out = []
+  for name, face in zip(align.face_stems(stem, len(found), taken), found):
+    editing.save_png(face.image, os.path.join(out_dir, name + ALIGNED_SUFFIX))
+    out.append((name, face.image, {'file': file, **face.record(name + ALIGNED_SUFFIX)}))
+  return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--n_iters', type=int, default=None,
                  help="refinement iterations (default: the model's, 5 for ReStyle)")
   p.add_argument('--batch_size', type=int, default=4, help='images per encoder call')
+  p.add_argument('--align', action='store_true',
+                 help='the inputs are raw photos: FFHQ-align every face MTCNN finds (needs '
+                      '--mtcnn) and invert those, writing <name>_aligned.png too')
+  p.add_argument('--mtcnn', default=None,
+                 help='with --align: MTCNN directory from `python -m interestyle_jax.convert '
+                      'mtcnn SRC DIR`')
   p.add_argument('--no_progress', action='store_true', help='no progress bar')
   return p
 
@@ -354,17 +419,27 @@ def main(argv=None) -> int:
     return _error(f'--batch_size must be >= 1, got {args.batch_size}')
   if args.n_iters is not None and args.n_iters < 1:
     return _error(f'--n_iters must be >= 1, got {args.n_iters}')
+  if args.align and not args.mtcnn:
+    return _error('--align needs --mtcnn DIR, the MTCNN face detector: make it with `python -m '
+                  'interestyle_jax.convert mtcnn SRC DIR` (SRC: the facenet-pytorch wheel)')
+  if args.mtcnn and not args.align:
+    return _error('--mtcnn is only used with --align; add --align to align raw photos')
+  detector = None
   try:
     cli_utils.check_output_dir(args.output, '--output')
     found = find_inputs(args.input, exclude=args.output)
     inputs = found.inputs
-    check_outputs(args.output, [stem for _, stem in inputs])
+    check_outputs(args.output, [stem for _, stem in inputs],
+                  OUTPUT_SUFFIXES + ((ALIGNED_SUFFIX,) if args.align else ()))
+    if args.align:
+      from interestyle_jax.align import load_detector  # pylint: disable=g-import-not-at-top
+      detector = load_detector(args.mtcnn)
     from interestyle_jax.inference import load_inverter  # pylint: disable=g-import-not-at-top
     inverter = load_inverter(args.checkpoint)
   except (FileNotFoundError, artifacts.ArtifactError, cli_utils.OutputPathError) as e:
     return _error(e)
   report = invert_files(inverter, inputs, args.output, args.n_iters, args.batch_size,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, detector=detector)
   if found.ignored:
     print(f'ignored {len(found.ignored)} file(s) without an image extension '
           f'({", ".join(folder.IMAGE_EXTS)}): {folder.list_examples(found.ignored)}')
@@ -380,10 +455,18 @@ def main(argv=None) -> int:
                    'inverted': report.inverted,
                    'skipped': [{'file': f, 'reason': r} for f, r in report.skipped],
                    'squashed': [{'file': f, 'size': [w, h]} for f, (w, h) in report.squashed]}
+  if args.align:
+    summary['faces'] = list(report.faces)
   if report.inverted:
     with open(os.path.join(args.output, SUMMARY_FILE), 'w') as f:
       json.dump(summary, f, indent=2)
-  print(f'inverted {len(report.inverted)} of {len(inputs)} image(s) into {args.output}'
+  if args.align:
+    done = (f'{len(report.inverted)} face(s) from {len(inputs) - len(report.skipped)} of '
+            f'{len(inputs)} photo(s)')
+  else:
+    done = f'{len(report.inverted)} of {len(inputs)} image(s)'
+
+  print(f'inverted {done} into {args.output}'
         + (f'; skipped {len(report.skipped)} (listed above)' if report.skipped else ''))
   if not report.inverted:
     print('error: nothing could be inverted' + ('' if inputs else
