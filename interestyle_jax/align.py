@@ -153,9 +153,10 @@ def load_detector(path: str, flag: str = '--mtcnn', **kwargs):
   try:
     return load_mtcnn(path, **kwargs)
   except artifacts.ArtifactError as e:
-    raise artifacts.ArtifactError(
-        f'{flag} {path}: {e}. Make it with `python -m interestyle_jax.convert mtcnn '
-        'SRC DIR` (SRC: the facenet-pytorch wheel or its pnet/rnet/onet files)') from e
+    hint = '' if 'convert mtcnn' in str(e) else (
+        '; an MTCNN directory is made by `python -m interestyle_jax.convert mtcnn SRC DIR` '
+        '(SRC: the facenet-pytorch wheel or its pnet/rnet/onet files)')
+    raise artifacts.ArtifactError(f'{flag} {path}: {e}{hint}') from e
 
 
 def check_outputs(out_dir: str, stems: Iterable[str], suffixes: Sequence[str] = ('.png',)) -> None:
