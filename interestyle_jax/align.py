@@ -33,6 +33,10 @@ from interestyle_jax.face_align import (ARCFACE_REFERENCE_POINTS, ARCFACE_SIZE, 
                                         AlignmentError, FFHQCrop, arcface_crop, arcface_transform,
                                         ffhq_align, ffhq_crop)
 
+__all__ = ['ARCFACE_REFERENCE_POINTS', 'ARCFACE_SIZE', 'AlignedFace', 'AlignmentError', 'FFHQCrop',
+           'PhotoError', 'align_faces', 'arcface_crop', 'arcface_transform', 'face_stems',
+           'ffhq_align', 'ffhq_crop', 'load_detector', 'main', 'read_photo']
+
 SUMMARY_FILE = 'summary.json'
 NO_FACE = 'no face found (MTCNN)'
 
@@ -249,10 +253,15 @@ def main(argv=None) -> int:
     faces = align_faces(detector, photo, args.size, enable_padding=not args.no_padding)
     records = []
     for name, face in zip(face_stems(stem, len(faces), taken), faces):
-      editing.save_png(face.image, os.path.join(args.output, name + '.png'))
+      target = os.path.join(args.output, name + '.png')
+      try:
+        editing.save_png(face.image, target)
+      except OSError as e:  # e.g. a folder named like a numbered face (not checked upfront)
+        skipped.append((file, f'cannot write {target} ({type(e).__name__}: {e})'))
+        continue
       records.append(face.record(name + '.png'))
     photos.append({'file': file, 'size': [photo.shape[1], photo.shape[0]], 'faces': records})
-    n_faces += len(faces)
+    n_faces += len(records)
     if not faces:
       no_face.append(file)
     if not args.quiet:
