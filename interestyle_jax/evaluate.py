@@ -5,7 +5,9 @@
     python -m interestyle_jax.evaluate --checkpoint runs/synthetic --data synthetic
 
 For every refinement iteration t = 1..T it reports MSE and SSIM (and LPIPS /
-ID similarity when ``--lpips`` / ``--arcface`` give converted networks), each
+ID similarity when ``--lpips`` / ``--arcface`` give converted networks; the
+paper's MTCNN + CurricularFace ID protocol with ``--id_protocol paper``, see
+:mod:`interestyle_jax.id_metric`), each
 on the whole image and on the interest region (``m ⊙ ŷ`` vs ``m ⊙ y``, see
 :mod:`interestyle_jax.metrics`), averaged over the images: a printed table and,
 with ``--output``, a JSON file (nothing is written without it). Reconstructions are compared at the encoder size (the generator
@@ -38,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from interestyle_jax import artifacts, cli_utils, metrics
+from interestyle_jax import artifacts, cli_utils, id_metric, metrics
 from interestyle_jax.data import folder
 # _refine is the Inverter's own loop: evaluation and inversion cannot drift apart.
 from interestyle_jax.inference import _refine, average_image, load_inverter, resolve_model_dir
@@ -57,7 +59,7 @@ def make_mesh() -> Mesh:
 
 
 def make_eval_fn(inverter, n_iters: int, mesh: Mesh, lpips_module=None,
-                 arcface_module=None):
+                 arcface_module=None, return_images: bool = False):
   """``jit(shard_map(per-device metrics))`` for an inverter.
 
   Args:
@@ -66,6 +68,8 @@ def make_eval_fn(inverter, n_iters: int, mesh: Mesh, lpips_module=None,
     mesh: device mesh with axis 'batch'.
     lpips_module: LPIPS module (its variables go in ``variables['lpips']``).
     arcface_module: ArcFace module (variables in ``variables['arcface']``).
+    return_images: also return 'images', the uint8 generator outputs of every
+      iteration ``[T, B, R, R, 3]`` (for the paper ID protocol).
 
   Returns:
     ``fn(variables, batch) -> {name: [T, B]}`` with ``batch`` holding 'image',
@@ -88,6 +92,8 @@ def make_eval_fn(inverter, n_iters: int, mesh: Mesh, lpips_module=None,
     res = {k: v.reshape(t, b) for k, v in res.items()}
     if 'latent' in batch:
       res['latent_mse'] = metrics.latent_mse(out.iteration_latents, batch['latent'][None])
+    if return_images:  # rounded as invert's PNGs (editing.to_uint8); uint8 is 1/4 the transfer
+      res['images'] = jnp.clip(jnp.round((out.iterations + 1) * 127.5), 0, 255).astype(jnp.uint8)
     return res
 
   # Metrics are per image, so no collective is needed: out_specs keeps the
@@ -125,6 +131,7 @@ def folder_batches(root: str, size: int, batch_size: int, limit: Optional[int],
                   'mask': np.stack([r[1] for r in rows]).astype(np.float32) / 255.0},
                  batch_size)
     batch['read'] = read
+    batch['path'] = [r[2] for r in rows]  # the photo files, for the paper ID protocol
     return batch
 
   for pair in pairs:
@@ -139,7 +146,7 @@ def folder_batches(root: str, size: int, batch_size: int, limit: Optional[int],
     if problem:
       skipped.append((pair.image_path, problem))
       continue
-    rows.append((ex.image, ex.mask))
+    rows.append((ex.image, ex.mask, pair.image_path))
     if len(rows) == batch_size:
       yield emit()
       rows, read = [], 0
@@ -242,7 +249,7 @@ def _check_same_generator(world, inverter) -> None:
 
 def evaluate(inverter, batches, n_iters: int, lpips_net=None, arcface_net=None,
              mesh: Optional[Mesh] = None, total: Optional[int] = None,
-             progress: bool = False) -> Dict[str, Any]:
+             progress: bool = False, paper_id=None) -> Dict[str, Any]:
   """Averages the per-image metrics of every iteration over a dataset.
 
   Args:
@@ -256,6 +263,8 @@ def evaluate(inverter, batches, n_iters: int, lpips_net=None, arcface_net=None,
     mesh: device mesh (default: all local devices).
     total: number of inputs, for the progress bar.
     progress: show a tqdm progress bar on stderr.
+    paper_id: an ``id_metric.PaperID``: adds the paper protocol's
+      ``metrics['id_paper']`` and its counts under ``'id_paper'``.
 
   Returns:
     ``{'n_images': N, 'n_iters': T, 'metrics': {name: [mean at t = 1..T]}}``.
@@ -263,7 +272,8 @@ def evaluate(inverter, batches, n_iters: int, lpips_net=None, arcface_net=None,
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   mesh = make_mesh() if mesh is None else mesh
   fn = make_eval_fn(inverter, n_iters, mesh, lpips_net and lpips_net[0],
-                    arcface_net and arcface_net[0])
+                    arcface_net and arcface_net[0], return_images=paper_id is not None)
+  paper = None if paper_id is None else id_metric.PaperIDAccumulator(paper_id, n_iters)
   avg = xla_options.jit(functools.partial(average_image, inverter.generator),
                         static_argnames='encoder_size')(inverter.generator_variables,
                                                 inverter.latent_avg,
@@ -280,7 +290,11 @@ def evaluate(inverter, batches, n_iters: int, lpips_net=None, arcface_net=None,
   for batch in batches:
     valid = batch.pop('valid')
     read = batch.pop('read', None)
+    paths = batch.pop('path', None)
     res = fn(variables, batch)
+    images = res.pop('images', None)
+    if paper is not None:
+      paper.add(images, batch['target'], valid, paths)
     for k, v in res.items():
       # float64 on the host: thousands of images without accumulation drift.
       sums[k] = sums.get(k, 0.0) + np.sum(np.asarray(v, np.float64) * valid[None], axis=1)
@@ -291,8 +305,12 @@ def evaluate(inverter, batches, n_iters: int, lpips_net=None, arcface_net=None,
     raise ValueError('no image could be evaluated')
   order = metrics.metric_names(lpips_net is not None, arcface_net is not None)
   order += tuple(k for k in sorted(sums) if k not in order)  # latent_mse
-  return {'n_images': int(count), 'n_iters': n_iters,
-          'metrics': {k: [float(x) for x in sums[k] / count] for k in order}}
+  out = {'n_images': int(count), 'n_iters': n_iters,
+         'metrics': {k: [float(x) for x in sums[k] / count] for k in order}}
+  if paper is not None:
+    out['id_paper'] = paper.result()
+    out['metrics']['id_paper'] = out['id_paper']['mean']  # None where no pair was scored
+  return out
 
 
 def format_table(result: Dict[str, Any]) -> str:
@@ -308,7 +326,8 @@ def format_table(result: Dict[str, Any]) -> str:
   head = f'{"metric":<18}' + ''.join(f'{f"iter {i + 1}":>12}' for i in range(t))
   lines = [head, '-' * len(head)]
   for name, values in result['metrics'].items():
-    lines.append(f'{name:<18}' + ''.join(f'{v:>12.5f}' for v in values))
+    lines.append(f'{name:<18}' + ''.join('         n/a' if v is None else f'{v:>12.5f}'
+                                         for v in values))
   return '\n'.join(lines)
 
 
@@ -377,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--lpips', default=None, help='`convert lpips` directory (adds LPIPS)')
   p.add_argument('--arcface', default=None,
                  help='`convert irse50` directory (adds ID similarity)')
+  p.add_argument('--id_protocol', choices=('fast', 'paper'), default='fast',
+                 help="ID similarity: 'fast' = --arcface on ReStyle's fixed face box (the "
+                      "training loss's network); 'paper' = MTCNN-aligned faces embedded by "
+                      'CurricularFace IR-101, as the paper reports (needs --curricularface, '
+                      '--mtcnn)')
+  p.add_argument('--curricularface', default=None,
+                 help='`convert curricularface` directory (--id_protocol paper)')
+  p.add_argument('--mtcnn', default=None, help='`convert mtcnn` directory (--id_protocol paper)')
   p.add_argument('--config', default=None,
                  help="training config for --data synthetic (default: WORKDIR/config.json)")
   p.add_argument('--limit', type=int, default=None,
@@ -407,6 +434,11 @@ def main(argv=None) -> int:
     if value is not None and value < 1:
       print(f'error: --{name} must be >= 1, got {value}', file=sys.stderr)
       return 2
+  problem = id_metric.check_args(args.id_protocol, args.arcface, args.curricularface,
+                                 args.mtcnn)
+  if problem:
+    print(f'error: {problem}', file=sys.stderr)
+    return 2
   n_dev = jax.local_device_count()
   batch_size = -(-args.batch_size // n_dev) * n_dev
   skipped: List[Tuple[str, str]] = []
@@ -421,6 +453,8 @@ def main(argv=None) -> int:
     lpips_net = load_net('--lpips', args.lpips, 'lpips', load_lpips, size) if args.lpips else None
     arcface_net = (load_net('--arcface', args.arcface, 'arcface', load_arcface, size)
                    if args.arcface else None)
+    paper_id = (id_metric.load_paper_id(args.curricularface, args.mtcnn)
+                if args.id_protocol == 'paper' else None)
     if args.data == 'synthetic':
       config = load_training_config(_workdir_of(args.checkpoint), args.config)
       total = config.synthetic.get('num_heldout')
@@ -431,7 +465,7 @@ def main(argv=None) -> int:
       total = len(pairs)
       batches = folder_batches(args.data, size, batch_size, args.limit, skipped, pairs=pairs)
     result = evaluate(inverter, batches, n_iters, lpips_net, arcface_net, total=total,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, paper_id=paper_id)
   except (FileNotFoundError, artifacts.ArtifactError, folder.DataValidationError,
           ValueError) as e:  # OutputPathError is a ValueError
     _print_skipped(skipped)
@@ -439,10 +473,13 @@ def main(argv=None) -> int:
     return 2
   _print_skipped(skipped)
   result.update(checkpoint=args.checkpoint, data=args.data, devices=n_dev,
+                id_protocol=args.id_protocol,
                 skipped=[{'file': f, 'reason': r} for f, r in skipped])
   print(format_table(result))
   print(f'{result["n_images"]} image(s), {n_dev} device(s)'
         + (f', {len(skipped)} skipped' if skipped else ''))
+  if 'id_paper' in result:
+    print(id_metric.format_summary(result['id_paper']))
   if args.output is not None:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, 'w') as f:
