@@ -279,7 +279,8 @@ def _blur_pad(img: np.ndarray, pad: Sequence[int], qsize: float) -> np.ndarray:
   img = np.pad(np.float32(img), ((top, bottom), (left, right), (0, 0)), 'reflect')
   h, w, _ = img.shape
   y, x, _ = np.ogrid[:h, :w, :1]
-  # 0 inside the photo, rising to 1 at the outer edge of the padding.
+  # 0 at the photo's edge, 1 at the padding's outer edge, negative inside the
+  # photo: the blur weight 3 * mask + 1 reaches a third of the pad into it.
   mask = np.maximum(1.0 - np.minimum(np.float32(x) / left, np.float32(w - 1 - x) / right),
                     1.0 - np.minimum(np.float32(y) / top, np.float32(h - 1 - y) / bottom))
   blur = qsize * 0.02
@@ -294,8 +295,8 @@ def ffhq_align(image: np.ndarray, landmarks: np.ndarray, output_size: int = 1024
   """Aligns a face as FFHQ was (NVlabs ffhq-dataset ``recreate_aligned_images``).
 
   Steps, as in the recipe: the oriented crop square of :func:`ffhq_crop`;
-  when it is over twice ``output_size``, the photo is first shrunk by an
-  integer factor (Lanczos); the photo is cropped to the square plus a 10 %
+  when its side is at least 4x ``output_size``, the photo is first shrunk
+  by ``floor(side / (2 * output_size))`` (Lanczos); the photo is cropped to the square plus a 10 %
   border; where the square still reaches past the photo (by more than the
   border minus 4 px) and ``enable_padding``, the photo is padded by
   reflection (at least 30 % of the square), blurred (σ = 2 % of the square)
