@@ -44,10 +44,10 @@ def facenet_weights_dir() -> str:
 def mtcnn_dir(tmp_path_factory):
   """The real MTCNN weights converted with ``convert mtcnn`` (needs torch to read .pt)."""
   pytest.importorskip('torch')
-  from interestyle_jax.convert.__main__ import main as convert_main  # pylint: disable=g-import-not-at-top
+  from interestyle_jax.convert import __main__ as convert  # pylint: disable=g-import-not-at-top
   src = facenet_weights_dir()
   dst = str(tmp_path_factory.mktemp('mtcnn') / 'mtcnn')
-  assert convert_main(['mtcnn', src, dst]) == 0
+  assert convert.main(['mtcnn', src, dst]) == 0
   return dst
 
 
@@ -71,7 +71,7 @@ def astronaut_landmarks(detector):
 
 
 def _skimage_arcface(image, landmarks, size=112):
-  """Independent reference: Umeyama similarity (skimage) + skimage's bilinear warp, black outside."""
+  """Independent reference: skimage's Umeyama similarity and bilinear warp, black outside."""
   ref = RESTYLE_POINTS_112 * size / 112
   # warp() wants the map from output to input coordinates: reference -> photo.
   tform = sktransform.SimilarityTransform.from_estimate(ref, landmarks)
