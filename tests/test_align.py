@@ -74,8 +74,12 @@ def _skimage_arcface(image, landmarks, size=112):
   """Independent reference: skimage's Umeyama similarity and bilinear warp, black outside."""
   ref = RESTYLE_POINTS_112 * size / 112
   # warp() wants the map from output to input coordinates: reference -> photo.
-  tform = sktransform.SimilarityTransform.from_estimate(ref, landmarks)
-  assert tform
+  if hasattr(sktransform.SimilarityTransform, 'from_estimate'):  # scikit-image >= 0.26
+    tform = sktransform.SimilarityTransform.from_estimate(ref, landmarks)
+    assert tform
+  else:
+    tform = sktransform.SimilarityTransform()
+    assert tform.estimate(ref, landmarks)
   out = sktransform.warp(image.astype(np.float64), tform, output_shape=(size, size), order=1,
                          mode='constant', cval=0.0, preserve_range=True)
   return np.clip(np.round(out), 0, 255).astype(np.uint8), tform.params
