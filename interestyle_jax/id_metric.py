@@ -278,13 +278,13 @@ def format_summary(res: Dict[str, Any]) -> str:
 
   Returns:
     e.g. ``paper ID (last iteration): 0.6231 +- 0.0712 over 2820 of 2824 pairs;
-    4 undetected (3 outputs, 1 photos)``.
+    4 undetected (no face in 3 outputs, 1 photos)``.
   """
   mean, std = res['mean'][-1], res['std'][-1]
   score = 'n/a' if mean is None else f'{mean:.4f} +- {std:.4f}'
   return (f'paper ID (last iteration): {score} over {res["n_scored"][-1]} of {res["n_pairs"]} '
-          f'pairs; {res["undetected"][-1]} undetected ({res["undetected_outputs"][-1]} outputs, '
-          f'{res["undetected_targets"]} photos without a face)')
+          f'pairs; {res["undetected"][-1]} undetected (no face in '
+          f'{res["undetected_outputs"][-1]} outputs, {res["undetected_targets"]} photos)')
 
 
 ID_FLAGS = ('--curricularface', '--mtcnn')
@@ -309,9 +309,10 @@ def check_args(id_protocol: str, arcface: Optional[str], curricularface: Optiona
               '--curricularface and --mtcnn instead (drop --arcface)')
     missing = [f for f, v in zip(ID_FLAGS, (curricularface, mtcnn)) if not v]
     if missing:
-      return (f'--id_protocol paper needs {" and ".join(missing)}: `python -m '
-              'interestyle_jax.convert curricularface CurricularFace_Backbone.pth DIR` and '
-              '`... convert mtcnn SRC DIR`')
+      how = {'--curricularface': 'curricularface CurricularFace_Backbone.pth DIR',
+             '--mtcnn': 'mtcnn SRC DIR'}
+      return (f'--id_protocol paper needs {" and ".join(missing)}: '
+              + '; '.join(f'`python -m interestyle_jax.convert {how[f]}`' for f in missing))
     return None
   given = [f for f, v in zip(ID_FLAGS, (curricularface, mtcnn)) if v]
   if given:

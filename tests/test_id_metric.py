@@ -181,7 +181,9 @@ def test_accumulator_over_iterations(paper, reference, photos, tmp_path):
   assert res['no_face'] == [
       {'file': files[0], 'target': False, 'output_iterations': [2]},
       {'file': files[1], 'target': True, 'output_iterations': []}]
-  assert 'over 1 of 3 pairs; 2 undetected (1 outputs, 1 photos' in id_metric.format_summary(res)
+  assert id_metric.format_summary(res) == (
+      f'paper ID (last iteration): {s_n:.4f} +- 0.0000 over 1 of 3 pairs; 2 undetected '
+      '(no face in 1 outputs, 1 photos)')
 
 
 # ----------------------------------------------------------------------------- evaluate CLI
