@@ -84,7 +84,7 @@ class PaperID:
   """
 
   def __init__(self, net: Tuple[Any, Any], detector):
-    module, variables = net
+    module = net[0]
     self.net = net
     self.detector = detector
     self.size = int(module.input_size)
@@ -101,7 +101,8 @@ class PaperID:
       Per image, the uint8 ``[size, size, 3]`` crop, or None when no face
       was found.
     """
-    from interestyle_jax.align import AlignmentError, arcface_crop  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from interestyle_jax.align import AlignmentError, arcface_crop
     images = [as_uint8(im) for im in images]
     same = len({im.shape for im in images}) == 1
     # Same-size images (a batch of generator outputs) share the pyramid passes.
@@ -338,7 +339,8 @@ def load_paper_id(curricularface: str, mtcnn: str, **detector_settings) -> Paper
       arrays do not fit its model.json (the message names the flag).
   """
   from interestyle_jax import artifacts  # pylint: disable=g-import-not-at-top
-  from interestyle_jax.models.curricularface import load_curricularface  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from interestyle_jax.models.curricularface import load_curricularface
   from interestyle_jax.models.mtcnn import load_mtcnn  # pylint: disable=g-import-not-at-top
   nets = []
   for flag, path, loader in (('--curricularface', curricularface, load_curricularface),

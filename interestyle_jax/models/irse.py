@@ -4,8 +4,9 @@ The IR-SE network is the "improved residual" face-recognition ResNet with
 squeeze-and-excitation units (InsightFace, TreB1eN's PyTorch port) that
 pSp/ReStyle use both as the encoder backbone and, with an output head, as the
 ArcFace identity network. ``mode='ir'`` drops the SE gate (``bottleneck_IR``):
-the IR-101 of CurricularFace that ReStyle's ID metric uses. ResNet-34 is torchvision's layout of BasicBlocks as
-ReStyle's ``ResNetBackboneEncoder`` uses it for non-face domains.
+the IR-101 of CurricularFace that ReStyle's ID metric uses. ResNet-34 is
+torchvision's layout of BasicBlocks as ReStyle's ``ResNetBackboneEncoder``
+uses it for non-face domains.
 
 Submodule names encode the PyTorch state-dict layout so that conversion is a
 rename: ``body_{i}`` is ``body.{i}``; inside an IR-SE unit ``res_bn1``,
