@@ -35,6 +35,9 @@ def get_config():
 
   c.optim.lr = 1e-3  # Tiny encoder, few steps: 10x the paper's rate.
 
+  c.synthetic.families = ('classic', 'fractal', 'marks')  # Uninterest content seen in training.
+  c.synthetic.test_families = ('skin', 'checker', 'props')  # Never seen in training; evaluated at the end.
+
   c.data.source = 'synthetic'  # Built-in world (data.* folder fields unused).
   c.data.image_size = 32  # Matches the encoder size if data.source='folder'.
   return c

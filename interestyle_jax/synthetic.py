@@ -9,10 +9,12 @@
   broadcast to W+; the true latent is kept for the latent error.
 * Its uninterest region is replaced by procedurally generated out-of-
   distribution content: a soft elliptical interest mask (the "face"), a
-  textured background outside it (sinusoidal gratings, smoothed colour noise,
-  stripes), and 0–2 occluders (discs or boxes, solid or textured) centred on
-  the ellipse border so they overlap the interest region. Occluder pixels are
-  uninterest: m = m_ellipse · (1 − occluder).
+  background outside it and occluders over the ellipse border, drawn from one
+  of several *families* (gratings, fractal textures, thin marks and text,
+  face-coloured shapes, high-frequency patterns, hats and hands: see
+  :mod:`interestyle_jax.synthetic_families`). Occluder pixels are uninterest:
+  m = m_ellipse · (1 − occluder). Training draws from ``config.synthetic.
+  families``; ``test_families`` are kept out of training and evaluated apart.
 
 Training sees only (image, mask), as with real photos; evaluation compares
 against the clean generator image ('target') and the true latent ('latent').
@@ -23,13 +25,14 @@ after a restart and the held-out set is fixed by its seed.
 import dataclasses
 import functools
 import math
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from interestyle_jax import filter as unf
+from interestyle_jax import synthetic_families as families_lib
 from interestyle_jax.models.stylegan2 import Generator
 
 
@@ -43,7 +46,9 @@ class World:
     latent_avg: ``[n_styles, D]`` average latent (mean of mapping(z)).
     truncation: ψ of the sampled latents.
     mask_softness: σ (px) of the Gaussian softening the mask edge.
-    max_occluders: occluders per image are uniform in 0..max_occluders.
+    max_occluders: occluders per image are uniform in 0..max_occluders
+      (families with text or shapes draw at least one).
+    families: the families of uninterest content the training data draws from.
   """
   generator: Generator
   variables: Dict
@@ -51,6 +56,7 @@ class World:
   truncation: float
   mask_softness: float
   max_occluders: int
+  families: Tuple[str, ...] = ('classic',)
 
   @property
   def size(self) -> int:
@@ -63,7 +69,7 @@ def build_world(cfg) -> World:
   Args:
     cfg: ``config.synthetic`` with resolution, style_dim, n_mlp, width,
       channel_multiplier, seed, truncation, image_std, mask_softness,
-      max_occluders.
+      max_occluders, families.
 
   Returns:
     The World.
@@ -88,8 +94,10 @@ def build_world(cfg) -> World:
 
   variables, w_avg = calibrate(variables)
   latent_avg = jnp.broadcast_to(w_avg, (gen.n_styles, cfg.style_dim))
+  families = families_lib.check_families(cfg.get('families', ('classic',)),
+                                         'config.synthetic.families')
   return World(gen, variables, latent_avg, float(cfg.truncation),
-               float(cfg.mask_softness), int(cfg.max_occluders))
+               float(cfg.mask_softness), int(cfg.max_occluders), families)
 
 
 def _rescale_rgb(variables, scale, mean):
@@ -116,40 +124,13 @@ def _rescale_rgb(variables, scale, mean):
   return {**variables, 'params': params}
 
 
-def _grid(size: int):
-  c = (jnp.arange(size, dtype=jnp.float32) + 0.5) / size  # pixel centres in (0, 1)
-  return jnp.meshgrid(c, c, indexing='ij')  # (row, col)
-
-
-def _texture(key, size: int) -> jnp.ndarray:
-  """One random OOD texture ``[size, size, 3]`` in [-1, 1]."""
-  ks = jax.random.split(key, 8)
-  yy, xx = _grid(size)
-  kind = jax.random.randint(ks[0], (), 0, 3)
-  # Sinusoidal grating between two random colours.
-  theta = jax.random.uniform(ks[1], (), maxval=math.pi)
-  freq = jax.random.uniform(ks[2], (), minval=1.5, maxval=6.0)
-  phase = jax.random.uniform(ks[3], (), maxval=2 * math.pi)
-  c0, c1 = jax.random.uniform(ks[4], (2, 3), minval=-1.0, maxval=1.0)
-  s = 0.5 + 0.5 * jnp.sin(2 * math.pi * freq * (xx * jnp.cos(theta) + yy * jnp.sin(theta))
-                          + phase)
-  grating = c0 + s[..., None] * (c1 - c0)
-  stripes = c0 + (s[..., None] > 0.5) * (c1 - c0)
-  # Smoothed colour noise (blotches).
-  noise = jax.random.uniform(ks[5], (1, size, size, 3), minval=-1.0, maxval=1.0)
-  sigma = size / 16.0
-  blotch = unf.gaussian_blur(noise, sigma, unf.kernel_radius(sigma))[0]
-  blotch = jnp.clip(blotch * 3.0, -1.0, 1.0)
-  return jnp.select([kind == 0, kind == 1], [grating, stripes], blotch)
-
-
 def _ellipse_mask(key, size: int, softness: float):
   """Soft elliptical interest mask and its centre and semi-axes (unit coords)."""
   k1, k2 = jax.random.split(key)
   cy, cx = 0.5 + jax.random.uniform(k1, (2,), minval=-0.06, maxval=0.06)
   b, a = jax.random.uniform(k2, (2,), minval=jnp.array([0.30, 0.25]),
                             maxval=jnp.array([0.40, 0.33]))
-  yy, xx = _grid(size)
+  yy, xx = families_lib.grid(size)
   hard = ((((yy - cy) / b) ** 2 + ((xx - cx) / a) ** 2) <= 1.0).astype(jnp.float32)
   if softness > 0:
     hard = unf.gaussian_blur(hard[None, ..., None], softness,
@@ -157,36 +138,23 @@ def _ellipse_mask(key, size: int, softness: float):
   return hard, (cy, cx, b, a)
 
 
-def _occluder(key, size: int, ellipse):
-  """One occluder alpha ``[S, S]`` (0/1) on the ellipse border and its fill."""
-  ks = jax.random.split(key, 6)
-  cy, cx, b, a = ellipse
-  angle = jax.random.uniform(ks[0], (), maxval=2 * math.pi)
-  oy, ox = cy + b * jnp.sin(angle), cx + a * jnp.cos(angle)
-  r = jax.random.uniform(ks[1], (), minval=0.08, maxval=0.16)
-  yy, xx = _grid(size)
-  disc = (yy - oy) ** 2 + (xx - ox) ** 2 <= r ** 2
-  box = (jnp.abs(yy - oy) <= r * 0.8) & (jnp.abs(xx - ox) <= r * 1.3)
-  alpha = jnp.where(jax.random.bernoulli(ks[2]), disc, box).astype(jnp.float32)
-  solid = jnp.broadcast_to(jax.random.uniform(ks[3], (3,), minval=-1.0, maxval=1.0),
-                           (size, size, 3))
-  fill = jnp.where(jax.random.bernoulli(ks[4]), solid, _texture(ks[5], size))
-  return alpha, fill
-
-
-def sample(world: World, key: jax.Array, n: int) -> Dict[str, jnp.ndarray]:
+def sample(world: World, key: jax.Array, n: int,
+           families: Optional[Sequence[str]] = None) -> Dict[str, jnp.ndarray]:
   """Draws ``n`` corrupted images with masks, clean targets and true latents.
 
   Args:
     world: the World.
     key: PRNG key (the batch is a pure function of it).
     n: number of images.
+    families: families of uninterest content to draw from, uniformly per
+      image (default: the world's training families).
 
   Returns:
     dict with 'image' ``[n, S, S, 3]`` (corrupted input), 'mask'
     ``[n, S, S, 1]``, 'target' ``[n, S, S, 3]`` (clean G(w)) and 'latent'
     ``[n, n_styles, D]``.
   """
+  families = tuple(families or world.families)
   gen, size = world.generator, world.size
   k_z, k_rest = jax.random.split(key)
   z = jax.random.normal(k_z, (n, gen.style_dim))
@@ -196,19 +164,13 @@ def sample(world: World, key: jax.Array, n: int) -> Dict[str, jnp.ndarray]:
   clean = gen.apply(world.variables, w, noise_mode='const')
 
   def corrupt(key, img):
-    k_m, k_bg, k_n, k_o = jax.random.split(key, 4)
+    k_m, k_u = jax.random.split(key)
     m_ell, ellipse = _ellipse_mask(k_m, size, world.mask_softness)
-    x = m_ell[..., None] * img + (1.0 - m_ell[..., None]) * _texture(k_bg, size)
-    count = jax.random.randint(k_n, (), 0, world.max_occluders + 1)
-    occluded = jnp.zeros((size, size))
-    for i, ko in enumerate(jax.random.split(k_o, max(world.max_occluders, 1))):
-      if i >= world.max_occluders:
-        break
-      alpha, fill = _occluder(ko, size, ellipse)
-      alpha = alpha * (i < count)
-      x = alpha[..., None] * fill + (1.0 - alpha[..., None]) * x
-      occluded = jnp.maximum(occluded, alpha)
-    return x, (m_ell * (1.0 - occluded))[..., None]
+    background, alpha, fill = families_lib.draw(k_u, families, img, ellipse,
+                                                world.max_occluders)
+    x = m_ell[..., None] * img + (1.0 - m_ell[..., None]) * background
+    x = alpha[..., None] * fill + (1.0 - alpha[..., None]) * x
+    return x, (m_ell * (1.0 - alpha))[..., None]
 
   x, mask = jax.vmap(corrupt)(jax.random.split(k_rest, n), clean)
   return {'image': x, 'mask': mask, 'target': clean, 'latent': w}
@@ -244,13 +206,14 @@ def train_iterator(world: World, global_batch: int, seed: int,
     step += 1
 
 
-@functools.lru_cache(maxsize=8)
-def _sampler(world: World, n: int):
-  """One jitted sampler per (world, batch size), shared by train and held-out."""
-  return jax.jit(lambda key: sample(world, key, n))
+@functools.lru_cache(maxsize=16)
+def _sampler(world: World, n: int, families: Optional[Tuple[str, ...]] = None):
+  """One jitted sampler per (world, batch size, families), shared by train and held-out."""
+  return jax.jit(lambda key: sample(world, key, n, families))
 
 
-def heldout_set(world: World, n: int, seed: int, chunk: int = 8) -> Dict[str, np.ndarray]:
+def heldout_set(world: World, n: int, seed: int, chunk: int = 8,
+                families: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
   """The fixed held-out set (same on every process).
 
   Args:
@@ -259,11 +222,14 @@ def heldout_set(world: World, n: int, seed: int, chunk: int = 8) -> Dict[str, np
     seed: held-out seed (keep it different from the training seed).
     chunk: images drawn per call (pass the training batch to reuse its
       compiled sampler).
+    families: families of uninterest content (default: the world's training
+      families; a held-out family gives the test set of that family).
 
   Returns:
     numpy dict as :func:`sample` returns.
   """
-  draw = _sampler(world, chunk)
+  families = None if families is None else families_lib.check_families(families)
+  draw = _sampler(world, chunk, families)
   key = jax.random.key(seed, impl='rbg')
   parts = [draw(jax.random.fold_in(key, i)) for i in range(-(-n // chunk))]
   return {k: np.concatenate([np.asarray(p[k]) for p in parts])[:n] for k in parts[0]}

@@ -61,10 +61,15 @@ def cfg_for(loss_iterations, weights=W):
                              axis_name=None)
 
 
-def unrolled_losses(wd, params, carry_grad=False):
-  """Per-iteration losses and the InD loss, written out with a Python loop."""
+def unrolled_losses(wd, params, carry_grad=False, whole=False):
+  """Per-iteration losses and the InD loss, written out with a Python loop.
+
+  ``whole``: ReStyle's whole-image losses (the filter and the InD input still
+  use the mask).
+  """
   gen, enc, frozen = wd['gen'], wd['enc'], wd['frozen']
   x, m = wd['batch']['image'], wd['batch']['mask']
+  lm = jnp.ones_like(m) if whole else m
   b = x.shape[0]
   w = jnp.broadcast_to(frozen['latent_avg'], (b,) + frozen['latent_avg'].shape)
   y = jnp.broadcast_to(frozen['avg_image'], x.shape)
@@ -78,7 +83,7 @@ def unrolled_losses(wd, params, carry_grad=False):
     bs = upd['batch_stats']
     w = w + delta
     y_hat = gen.apply(frozen['generator'], w, noise_mode='const')
-    l2 = jnp.mean((m * y_hat - m * x) ** 2)
+    l2 = jnp.mean((lm * y_hat - lm * x) ** 2)
     wn = jnp.mean(jnp.sqrt(jnp.sum((w - frozen['latent_avg']) ** 2, axis=(1, 2))))
     its.append(W.l2 * l2 + W.w_norm * wn)
     l2s.append(l2)
@@ -87,7 +92,7 @@ def unrolled_losses(wd, params, carry_grad=False):
   delta, upd = enc.apply({'params': params, 'batch_stats': bs},
                          jnp.concatenate([x, m * x], -1), train=True, mutable=['batch_stats'])
   y_ind = gen.apply(frozen['generator'], jax.lax.stop_gradient(w) + delta, noise_mode='const')
-  ind = W.ind * W.l2 * jnp.mean((m * y_ind - m * x) ** 2)
+  ind = W.ind * W.l2 * jnp.mean((lm * y_ind - lm * x) ** 2)
   return its, ind, upd['batch_stats'], l2s
 
 
@@ -154,6 +159,27 @@ def test_last_iteration_only(world, scan_results):
   g_all = scan_results['all'][0]
   assert any(float(jnp.max(jnp.abs(a - b))) > 1e-6
              for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(g_all)))
+
+
+def test_whole_image_loss_region(world, scan_results):
+  """loss.region='whole' (the ReStyle baseline): every reconstruction loss on m ≡ 1."""
+  params = world['ev']['params']
+  cfg = dataclasses.replace(cfg_for('all'), loss_region='whole')
+  fn = jax.jit(functools.partial(step_lib.loss_and_grads, models=world['models'], cfg=cfg))
+  grads, _, metrics = fn(params, world['ev']['batch_stats'], world['frozen'], world['batch'],
+                         jax.random.PRNGKey(0))
+
+  def summed(p):
+    its, ind, _, _ = unrolled_losses(world, p, whole=True)
+    return sum(its) + ind
+
+  value, ref = jax.jit(jax.value_and_grad(summed))(params)
+  np.testing.assert_allclose(float(metrics['loss']), float(value), rtol=1e-5)
+  tree_allclose(grads, ref)
+  # Not the interest-region objective: the mask covers 70 % of the pixels.
+  assert float(metrics['loss']) > 1.2 * float(scan_results['all'][2]['loss'])
+  with pytest.raises(ValueError, match='loss_region'):
+    dataclasses.replace(cfg, loss_region='face')
 
 
 def numpy_ranger(params, grads_seq, lr, b1=0.95, b2=0.999, eps=1e-5, k=6, alpha=0.5):

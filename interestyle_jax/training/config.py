@@ -16,10 +16,12 @@ import ml_collections
 from ml_collections import config_dict
 
 from interestyle_jax import filter as unf
+from interestyle_jax import synthetic_families
 
 DATA_SOURCES = ('synthetic', 'folder')
 NOISE_MODES = ('const', 'random', 'none')
 BACKBONES = ('ir_se', 'resnet34')
+LOSS_REGIONS = ('interest', 'whole')
 
 
 EXPORTS = ('latest', 'best')
@@ -84,6 +86,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.w_norm = 0.0  # λ ‖w − w_avg‖.
   c.loss.ind = 0.05  # λ interest disentanglement pass (0 disables it).
   c.loss.iterations = 'all'  # Iterations carrying loss: 'all' (ReStyle) or 'last' (IntereStyle release).
+  c.loss.region = 'interest'  # Reconstruction losses on 'interest' (m ⊙ ·) or 'whole' image (m ≡ 1: ReStyle).
   c.loss.lpips_path = ''  # `convert lpips` dir.
   c.loss.id_path = ''  # `convert irse50` dir (ArcFace for the ID loss).
   c.loss.train_noise_mode = 'random'  # Generator noise while training ('const' for bit-reproducible tests).
@@ -112,6 +115,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.synthetic.image_std = 0.5  # Per-channel std its images are calibrated to.
   c.synthetic.mask_softness = 0.7  # σ (px) softening the elliptical mask edge.
   c.synthetic.max_occluders = 2  # Occluders per image, uniform in 0..max.
+  c.synthetic.families = ('classic',)  # Uninterest-content families of the training data (synthetic_families.py).
+  c.synthetic.test_families = ()  # Families kept out of training, each evaluated at the end (metrics.json).
   c.synthetic.num_heldout = 64  # Held-out images.
   c.synthetic.heldout_seed = 20221  # Held-out set seed (distinct from training data).
   return c
@@ -205,6 +210,13 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   _choice(errors, c.filter.region, unf.FILTER_REGIONS, 'filter.region')
   _choice(errors, c.filter.padding, unf.PADDINGS, 'filter.padding')
   _choice(errors, c.loss.iterations, ('all', 'last'), 'loss.iterations')
+  _choice(errors, c.loss.region, LOSS_REGIONS, 'loss.region')
+  for field in ('families', 'test_families'):
+    if field == 'families' or c.synthetic[field]:
+      try:
+        synthetic_families.check_families(c.synthetic[field], f'config.synthetic.{field}')
+      except ValueError as e:
+        errors.append(str(e))
   _choice(errors, c.loss.train_noise_mode, NOISE_MODES, 'loss.train_noise_mode')
   _choice(errors, c.data.source, DATA_SOURCES, 'data.source')
   _choice(errors, c.scan_unroll, ('auto', 'yes', 'no'), 'scan_unroll')

@@ -4,7 +4,8 @@ Per held-out image, after T refinement iterations with x̃ = x, const noise and
 running BatchNorm statistics:
 
 * ``loss``: the training objective's reconstruction part (λ-weighted L2 /
-  LPIPS / ID on the interest region against the *input* x) of the last
+  LPIPS / ID on the interest region, or on the whole image with
+  ``loss.region='whole'``, against the *input* x) of the last
   iteration — what a real validation set can compute; it ranks checkpoints.
 * ``mse`` / ``mse_interest``: against the target (the clean image when the
   data provides one, else x). ``mse_interest`` uses the loss definition,
@@ -127,7 +128,8 @@ def eval_step(state, frozen: Dict[str, Any], batch: Dict[str, jnp.ndarray], *,
   y_hat = y_hats[-1]
   lpips_fn, id_embed = _perceptual_fns(models, frozen)
   ones = jnp.ones_like(m)
-  terms = losses.reconstruction_terms(y_hat, x, m, cfg.weights, lpips_fn, id_embed)
+  terms = losses.reconstruction_terms(y_hat, x, cfg.loss_mask(m), cfg.weights, lpips_fn,
+                                      id_embed)
   if cfg.weights.w_norm > 0:
     terms['w_norm'] = losses.w_norm(w, frozen['latent_avg'])
   out = {

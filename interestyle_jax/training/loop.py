@@ -261,12 +261,25 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> Dict[str, Any]:
     # except a best/ lost to damage: this evaluation is the only candidate.
     if ckpt.best_step() is None:
       ckpt.maybe_save_best(start, state, final['loss'])
+  families = {}
+  if config.data.source == 'synthetic':
+    # Uninterest content never seen in training: does the encoder ignore it too?
+    for family in config.synthetic.test_families:
+      with report_progress.timed('eval'):
+        families[family] = evaluate(
+            eval_fn, state, frozen, setup_lib.eval_iterator_fn(config, s, (family,))(), mesh)
+      writer.write_scalars(int(state.step), {f'eval_{family}/{k}': v
+                                             for k, v in families[family].items()})
+      logging.info('Held-out family %s: %s', family, logs.format_eval(int(state.step),
+                                                                        families[family]))
   ckpt.wait()
   ckpt.close()
   writer.flush()
 
   report = {'step': int(state.step), 'eval': final, 'initial_eval': initial,
             'wall_time_s': time.time() - t_start, 'devices': jax.device_count()}
+  if families:
+    report['test_families'] = families
   for key in ('mse_interest', 'mse', 'loss', 'latent_mse'):
     if key in final and initial.get(key):
       report[f'{key}_ratio_to_step0'] = final[key] / initial[key]

@@ -9,7 +9,7 @@ iterators. Nothing here is jitted; :mod:`interestyle_jax.training.loop` runs it.
 import dataclasses
 import functools
 import itertools
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -116,7 +116,7 @@ def step_config(config, axis_name: Optional[str] = AXIS) -> StepConfig:
       sigmas=unf.sigmas_at_size(config.filter.sigmas, config.model.encoder_size,
                                 config.filter.source_size),
       filter_region=config.filter.region, filter_padding=config.filter.padding,
-      loss_iterations=config.loss.iterations,
+      loss_iterations=config.loss.iterations, loss_region=config.loss.region,
       weights=losses.LossWeights.from_config(config.loss),
       encoder_size=config.model.encoder_size,
       train_noise_mode=config.loss.train_noise_mode, axis_name=axis_name,
@@ -210,12 +210,15 @@ def train_iterator(config, setup: Setup, start_step: int) -> Iterator[Dict[str, 
                                       seed=config.seed + start_step)
 
 
-def eval_iterator_fn(config, setup: Setup) -> Callable[[], Iterator[Dict[str, np.ndarray]]]:
+def eval_iterator_fn(config, setup: Setup, families: Optional[Tuple[str, ...]] = None
+                     ) -> Callable[[], Iterator[Dict[str, np.ndarray]]]:
   """A function returning a fresh one-pass validation iterator.
 
   Args:
     config: the training config.
     setup: the Setup.
+    families: synthetic data only: the held-out set of these uninterest
+      families (default: the training families).
 
   Returns:
     Callable with no arguments.
@@ -224,7 +227,8 @@ def eval_iterator_fn(config, setup: Setup) -> Callable[[], Iterator[Dict[str, np
   if config.data.source == 'synthetic':
     held = synthetic.heldout_set(setup.world, config.synthetic.num_heldout,
                                  config.synthetic.heldout_seed,
-                                 chunk=config.batch_size // jax.process_count())
+                                 chunk=config.batch_size // jax.process_count(),
+                                 families=families)
     make = functools.partial(synthetic.eval_iterator, held, config.eval_batch_size)
   else:
     from interestyle_jax.data import pipeline  # pylint: disable=g-import-not-at-top

@@ -34,6 +34,7 @@ from interestyle_jax.ops.pooling import adaptive_avg_pool2d
 from interestyle_jax.training.state import TrainState, apply_gradients
 
 LOSS_ITERATIONS = ('all', 'last')
+LOSS_REGIONS = ('interest', 'whole')
 DTYPES = ('float32', 'bfloat16')
 
 
@@ -47,6 +48,9 @@ class StepConfig:
     filter_region: 'uninterest' or 'whole'.
     filter_padding: 'reflect' or 'zero'.
     loss_iterations: 'all' or 'last'.
+    loss_region: 'interest' (losses on m ⊙ ·) or 'whole' (m ≡ 1 in every
+      reconstruction loss, InD included: with σ = 0 and λ_InD = 0 that is
+      ReStyle-pSp, the paper's baseline).
     weights: the loss λs.
     encoder_size: side of the encoder input (ŷ is pooled to it).
     train_noise_mode: generator noise while training ('random' in ReStyle).
@@ -62,6 +66,7 @@ class StepConfig:
   filter_region: str = 'uninterest'
   filter_padding: str = 'reflect'
   loss_iterations: str = 'all'
+  loss_region: str = 'interest'
   weights: losses.LossWeights = losses.LossWeights()
   encoder_size: int = 256
   train_noise_mode: str = 'random'
@@ -75,6 +80,8 @@ class StepConfig:
     if self.loss_iterations not in LOSS_ITERATIONS:
       raise ValueError(f'loss_iterations must be one of {LOSS_ITERATIONS}, '
                        f'got {self.loss_iterations!r}')
+    if self.loss_region not in LOSS_REGIONS:
+      raise ValueError(f'loss_region must be one of {LOSS_REGIONS}, got {self.loss_region!r}')
     if self.dtype not in DTYPES:
       raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
 
@@ -82,6 +89,10 @@ class StepConfig:
   def radius(self) -> int:
     """Static blur radius sized for the largest σ."""
     return unf.kernel_radius(max(self.sigmas))
+
+  def loss_mask(self, mask: jnp.ndarray) -> jnp.ndarray:
+    """The mask the reconstruction losses use: ``mask``, or ones for 'whole'."""
+    return mask if self.loss_region == 'interest' else jnp.ones_like(mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +237,7 @@ def loss_and_grads(params, batch_stats, frozen: Dict[str, Any],
     (see :func:`train_step`).
   """
   x, m = batch['image'], batch['mask']
+  m_loss = cfg.loss_mask(m)
   w_avg = frozen['latent_avg']
   lpips_fn, id_embed = _perceptual_fns(models, frozen)
   dt = cfg.dtype
@@ -244,7 +256,7 @@ def loss_and_grads(params, batch_stats, frozen: Dict[str, Any],
     delta, batch_stats = _encode(models, params, batch_stats, x_in, y_prev, True, dt)
     w = w_prev + delta
     y_hat = render_train(w, key)
-    loss, terms = losses.iteration_loss(y_hat, x, m, w, w_avg, cfg.weights,
+    loss, terms = losses.iteration_loss(y_hat, x, m_loss, w, w_avg, cfg.weights,
                                         lpips_fn, id_embed)
     return loss, (terms, w, y_hat, batch_stats)
 
@@ -297,7 +309,7 @@ def loss_and_grads(params, batch_stats, frozen: Dict[str, Any],
     def ind_fn(params, batch_stats):
       delta, batch_stats = _encode(models, params, batch_stats, x, m * x, True, dt)
       y_ind = render_train(w_last + delta, keys[-1])
-      value = losses.ind_loss(y_ind, x, m, cfg.weights, lpips_fn, id_embed)
+      value = losses.ind_loss(y_ind, x, m_loss, cfg.weights, lpips_fn, id_embed)
       return cfg.weights.ind * value, (value, batch_stats)
 
     (ind_weighted, (ind_value, batch_stats)), g = jax.value_and_grad(

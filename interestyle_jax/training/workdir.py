@@ -52,6 +52,7 @@ RESUMABLE = frozenset({
     'scan_unroll',  # The same computation, compiled rolled or unrolled.
     'remat',  # The same gradients, recomputed instead of stored.
     'export',  # Which saved state inference/ holds; re-exported on resume.
+    'synthetic.test_families',  # Which held-out families the final evaluation reports.
     'data.num_parallel_calls',  # tf.data parallelism.
     'data.prefetch',  # tf.data read-ahead.
     'data.device_prefetch',  # Device read-ahead.
