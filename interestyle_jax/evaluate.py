@@ -18,7 +18,10 @@ statistics, exactly as the training run's validation does.
 decoded by ``interestyle_jax.data.folder``; the target is the input image), or
 ``synthetic``: the held-out set of the synthetic training world, rebuilt from
 the training config (``WORKDIR/config.json``, or ``--config``), whose targets
-are the clean generator images and whose true latents add ``latent_mse``.
+are the clean generator images and whose true latents add ``latent_mse``;
+``synthetic:FAMILY`` is the same held-out images with the uninterest content
+of one family (``synthetic:skin``; families in
+:mod:`interestyle_jax.synthetic_families`), e.g. one kept out of training.
 
 The batch is split over all local devices: ``jax.jit`` of ``jax.shard_map``
 over a 1-D mesh with axis 'batch'. A progress bar goes to stderr
@@ -40,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from interestyle_jax import artifacts, cli_utils, id_metric, metrics
+from interestyle_jax import artifacts, cli_utils, id_metric, metrics, synthetic_families
 from interestyle_jax.data import folder
 # _refine is the Inverter's own loop: evaluation and inversion cannot drift apart.
 from interestyle_jax.inference import _refine, average_image, load_inverter, resolve_model_dir
@@ -197,13 +200,15 @@ def _workdir_of(checkpoint: str) -> str:
   return checkpoint
 
 
-def synthetic_batches(inverter, config, batch_size: int,
-                      limit: Optional[int]) -> Iterator[Batch]:
+def synthetic_batches(inverter, config, batch_size: int, limit: Optional[int],
+                      family: Optional[str] = None) -> Iterator[Batch]:
   """Batches of the synthetic world's held-out set (clean targets, true latents).
 
   Args:
     inverter: the inverter (its generator must be the world's).
     config: the training config (``config.synthetic``).
+    family: one uninterest family for the held-out images (default: the
+      training families).
     batch_size: images per batch.
     limit: use only the first N held-out images.
 
@@ -226,7 +231,8 @@ def synthetic_batches(inverter, config, batch_size: int,
   world = synthetic.build_world(config.synthetic)
   _check_same_generator(world, inverter)
   held = synthetic.heldout_set(world, config.synthetic.num_heldout,
-                               config.synthetic.heldout_seed)
+                               config.synthetic.heldout_seed,
+                               families=None if family is None else (family,))
   held = {k: v[:limit] for k, v in held.items()}
   if world.size != inverter.encoder_size:
     raise ValueError(f'the synthetic images are {world.size} px but the encoder takes '
@@ -386,8 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--checkpoint', required=True,
                  help='`convert restyle` directory or train.py workdir')
   p.add_argument('--data', required=True,
-                 help="folder with images/ and masks/, or 'synthetic' (the held-out set "
-                      'of the training world; needs a train.py workdir or --config)')
+                 help="folder with images/ and masks/, 'synthetic' (the held-out set "
+                      'of the training world; needs a train.py workdir or --config) or '
+                      "'synthetic:FAMILY' (those images with one uninterest family, e.g. "
+                      "'synthetic:skin')")
   p.add_argument('--n_iters', type=int, default=None,
                  help="refinement iterations (default: the model's)")
   p.add_argument('--batch_size', type=int, default=8,
@@ -455,11 +463,14 @@ def main(argv=None) -> int:
                    if args.arcface else None)
     paper_id = (id_metric.load_paper_id(args.curricularface, args.mtcnn)
                 if args.id_protocol == 'paper' else None)
-    if args.data == 'synthetic':
+    source, _, family = args.data.partition(':')
+    if source == 'synthetic' and not os.path.isdir(args.data):
+      if family:
+        synthetic_families.check_families((family,), f'--data {args.data}')
       config = load_training_config(_workdir_of(args.checkpoint), args.config)
       total = config.synthetic.get('num_heldout')
       total = min(total, args.limit) if total and args.limit else total
-      batches = synthetic_batches(inverter, config, batch_size, args.limit)
+      batches = synthetic_batches(inverter, config, batch_size, args.limit, family or None)
     else:
       pairs = folder.pair_folder(args.data)[:args.limit]
       total = len(pairs)

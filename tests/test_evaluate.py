@@ -219,6 +219,17 @@ def test_synthetic_heldout_matches_training_metrics(trained, tmp_path, capsys):
     assert abs(got['metrics'][k][-1] - want[k]) <= 1e-4 * max(1.0, abs(want[k])), k
   for t in range(n_iters):
     assert abs(got['metrics']['mse_interest'][t] - want[f'mse_interest_it{t + 1}']) <= 1e-5
+  # A family kept out of training: the run's own end-of-training evaluation of it.
+  assert evaluate_main(['--checkpoint', trained, '--data', 'synthetic:skin',
+                        '--batch_size', '16', '--output', out, '--no_progress']) == 0
+  got = json.load(open(out))['metrics']['mse_interest'][-1]
+  want = json.load(open(os.path.join(trained, 'metrics.json')))['test_families']['skin']
+  assert abs(got - want['mse_interest']) <= 1e-5
+  assert abs(got - json.load(open(os.path.join(trained, 'metrics.json')))['eval']['mse_interest']
+             ) > 1e-4
+  capsys.readouterr()
+  assert evaluate_main(['--checkpoint', trained, '--data', 'synthetic:hat', '--output', out]) == 2
+  assert "--data synthetic:hat: unknown synthetic family ['hat']" in capsys.readouterr().err
   # A JSON config (the format of WORKDIR/config.json) of another world seed:
   # same architecture, other weights, refused.
   from interestyle_jax.evaluate import load_training_config
