@@ -104,6 +104,18 @@ def test_irse_checkpoint_refused(tmp_path, capsys):
   _assert_nothing_written(tmp_path, dst, ['model_ir_se50.pth'])
 
 
+def test_curricularface_given_to_irse50_refused(tiny_ref, tmp_path, capsys):
+  """The reverse mistake: one line naming `curricularface`, nothing written."""
+  src = str(tmp_path / 'CurricularFace_Backbone.pth')
+  torch.save(tiny_ref.state_dict(), src)
+  dst = str(tmp_path / 'out')
+  assert convert_main(['irse50', src, dst]) == 1
+  err = capsys.readouterr().err
+  assert src in err and '`python -m interestyle_jax.convert curricularface`' in err
+  assert err.count('\n') == 1
+  _assert_nothing_written(tmp_path, dst, ['CurricularFace_Backbone.pth'])
+
+
 def test_restyle_checkpoint_refused(tiny_ref, tmp_path, capsys):
   src = str(tmp_path / 'interestyle_ffhq.pt')
   enc = {f'encoder.{k}': v for k, v in tiny_ref.state_dict().items()}

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from interestyle_jax import artifacts
-from interestyle_jax.convert.backbones import arcface_mapper, infer_backbone
+from interestyle_jax.convert.backbones import arcface_mapper, infer_backbone, irse_mode
 from interestyle_jax.convert.common import (ConversionError, assign_state_dict,
                                             check_output_location, load_torch_checkpoint)
 from interestyle_jax.models.arcface import ArcFace
@@ -38,6 +38,10 @@ def infer_arcface(sd: Mapping[str, Any], source: str = 'checkpoint') -> Dict[str
     dict with num_layers, stage_units, width, input_size, embedding_dim.
   """
   config = infer_backbone(sd, source)
+  if config['backbone'] == 'ir_se' and irse_mode(sd) == 'ir':
+    raise ConversionError(f'{source}: its IR units have no squeeze-and-excitation weights '
+                          '(an IR backbone such as CurricularFace IR-101, not an IR-SE ArcFace); '
+                          'convert it with `python -m interestyle_jax.convert curricularface`')
   if config['backbone'] != 'ir_se' or config['input_nc'] != 3:
     raise ConversionError(f'{source}: expected an RGB IR-SE ArcFace backbone, found '
                           f'{config["backbone"]} with {config["input_nc"]} input channels')
