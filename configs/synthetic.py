@@ -26,8 +26,8 @@ def get_config():
   c.model.encoder.stage_units = (1, 1, 1, 1)  # One unit per stage (tiny).
   c.model.encoder.width = 8  # Stage widths 8/16/32/64.
 
-  c.filter.sigmas = (16.0, 8.0, 0.0)  # σ in px of a notional 256 px source: (2, 1, 0) px at 32 px.
-  c.filter.source_size = 256  # The paper's encoder size, so σ keep the blur they always gave here.
+  c.filter.sigmas = (16.0, 4.0, 0.0)  # The paper's first, middle and last σ (16, 9, 4, 1, 0) for T = 3.
+  c.filter.source_size = 1024  # σ in px of 1024 px photos, as the paper's: (0.5, 0.125, 0) px at 32 px.
 
   c.loss.lpips = 0.0  # No pretrained LPIPS offline.
   c.loss.id = 0.0  # No pretrained ArcFace offline.

@@ -235,6 +235,26 @@ def heldout_set(world: World, n: int, seed: int, chunk: int = 8,
   return {k: np.concatenate([np.asarray(p[k]) for p in parts])[:n] for k in parts[0]}
 
 
+def uncovered_masks(world: World, n: int, seed: int, chunk: int = 8) -> np.ndarray:
+  """The interest masks of :func:`heldout_set` with nothing over the faces.
+
+  The face ellipse of an image does not depend on its uninterest family, so
+  the same draws with the ``classic`` family and no occluders give it; the
+  occluded area of held-out image k is ``uncovered[k] - held['mask'][k]``.
+
+  Args:
+    world: the World.
+    n: number of images.
+    seed: the held-out seed.
+    chunk: as for :func:`heldout_set` (the same value gives the same images).
+
+  Returns:
+    ``[n, S, S, 1]`` masks.
+  """
+  bare = dataclasses.replace(world, max_occluders=0)
+  return heldout_set(bare, n, seed, chunk, families=('classic',))['mask']
+
+
 def eval_iterator(data: Dict[str, np.ndarray], global_batch: int):
   """One pass over a held-out set, padded to whole batches.
 

@@ -12,7 +12,6 @@ that Colab and ``pip install interestyle_jax`` get).
 """
 
 import base64
-import dataclasses
 import io
 import os
 import re
@@ -115,9 +114,8 @@ def test_notebook_trains_and_inverts_an_occluded_heldout_image(trained_by_notebo
   want_mask = np.rint(np.asarray(held['mask'][k, ..., 0]) * 255).astype(np.uint8)
   want_mask = editing.resize(np.repeat(want_mask[None, ..., None], 3, -1), TILE)[0]
   np.testing.assert_array_equal(mask, want_mask)
-  bare = synthetic.heldout_set(dataclasses.replace(world, max_occluders=0), 16,
-                               config.synthetic.heldout_seed, config.batch_size)
-  covered = np.asarray(bare['mask'][k] - held['mask'][k])
+  bare = synthetic.uncovered_masks(world, 16, config.synthetic.heldout_seed, config.batch_size)
+  covered = np.asarray(bare[k] - held['mask'][k])
   assert covered.sum() > 5, 'the default input has no occluder over the interest region'
   # Strength 0 of the edit row is the inversion (first column of the mix row).
   np.testing.assert_array_equal(_tiles(images[2])[2], _tiles(images[3])[0])
