@@ -210,11 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def _error(message) -> int:
-  print(f'error: {message}', file=sys.stderr)
-  return 2
-
-
 def main(argv=None) -> int:
   """Runs the CLI.
 
@@ -229,16 +224,16 @@ def main(argv=None) -> int:
   from interestyle_jax.invert import find_inputs  # pylint: disable=g-import-not-at-top
   args = build_parser().parse_args(argv)
   if args.size < 1:
-    return _error(f'--size must be >= 1, got {args.size}')
+    return cli_utils.usage_error(f'--size must be >= 1, got {args.size}')
   if args.min_face_size <= 0:
-    return _error(f'--min_face_size must be > 0, got {args.min_face_size}')
+    return cli_utils.usage_error(f'--min_face_size must be > 0, got {args.min_face_size}')
   try:
     cli_utils.check_output_dir(args.output, '--output')
     found = find_inputs(args.input, exclude=args.output)
     check_outputs(args.output, [stem for _, stem in found.inputs])
     detector = load_detector(args.mtcnn, min_face_size=args.min_face_size)
   except (FileNotFoundError, artifacts.ArtifactError, cli_utils.OutputPathError) as e:
-    return _error(e)
+    return cli_utils.usage_error(e)
 
   taken = {stem for _, stem in found.inputs}
   photos, no_face, skipped, n_faces = [], [], [], 0

@@ -7,6 +7,7 @@ costs a second, not the results of the whole run.
 
 import argparse
 import os
+import sys
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -41,6 +42,12 @@ class HelpFormatter(argparse.HelpFormatter):
 
 class OutputPathError(ValueError):
   """An output path cannot be written (the message names the flag and the fix)."""
+
+
+def usage_error(message: str) -> int:
+  """Prints ``error: <message>`` to stderr and returns exit status 2 (an unusable argument)."""
+  print(f'error: {message}', file=sys.stderr)
+  return 2
 
 
 def nearest_existing(path: str) -> str:

@@ -399,11 +399,6 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def _error(message) -> int:
-  print(f'error: {message}', file=sys.stderr)
-  return 2
-
-
 def main(argv=None) -> int:
   """Runs the CLI.
 
@@ -416,14 +411,14 @@ def main(argv=None) -> int:
   """
   args = build_parser().parse_args(argv)
   if args.batch_size < 1:
-    return _error(f'--batch_size must be >= 1, got {args.batch_size}')
+    return cli_utils.usage_error(f'--batch_size must be >= 1, got {args.batch_size}')
   if args.n_iters is not None and args.n_iters < 1:
-    return _error(f'--n_iters must be >= 1, got {args.n_iters}')
+    return cli_utils.usage_error(f'--n_iters must be >= 1, got {args.n_iters}')
   if args.align and not args.mtcnn:
-    return _error('--align needs --mtcnn DIR, the MTCNN face detector: make it with `python -m '
+    return cli_utils.usage_error('--align needs --mtcnn DIR, the MTCNN face detector: make it with `python -m '
                   'interestyle_jax.convert mtcnn SRC DIR` (SRC: the facenet-pytorch wheel)')
   if args.mtcnn and not args.align:
-    return _error('--mtcnn is only used with --align; add --align to align raw photos')
+    return cli_utils.usage_error('--mtcnn is only used with --align; add --align to align raw photos')
   detector = None
   try:
     cli_utils.check_output_dir(args.output, '--output')
@@ -437,7 +432,7 @@ def main(argv=None) -> int:
     from interestyle_jax.inference import load_inverter  # pylint: disable=g-import-not-at-top
     inverter = load_inverter(args.checkpoint)
   except (FileNotFoundError, artifacts.ArtifactError, cli_utils.OutputPathError) as e:
-    return _error(e)
+    return cli_utils.usage_error(e)
   report = invert_files(inverter, inputs, args.output, args.n_iters, args.batch_size,
                         progress=not args.no_progress, detector=detector)
   if found.ignored:

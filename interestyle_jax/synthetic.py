@@ -24,7 +24,6 @@ after a restart and the held-out set is fixed by its seed.
 
 import dataclasses
 import functools
-import math
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import jax

@@ -63,8 +63,29 @@ def _over(alpha, fill, new_alpha, new_fill):
   return jnp.maximum(alpha, new_alpha), fill
 
 
-def _count(key, max_occluders: int, minimum: int = 0):
-  return jax.random.randint(key, (), minimum, max(max_occluders, minimum) + 1)
+def _occluders(k_count, k_draw, size: int, max_occluders: int, draw_one, minimum: int = 0,
+               layer=None):
+  """Composites ``minimum``..``max_occluders`` occluders (uniform count) over a layer.
+
+  Args:
+    k_count: key of the count.
+    k_draw: key split into one key per occluder slot.
+    size: image side.
+    max_occluders: most occluders.
+    draw_one: ``key -> (alpha [S, S], fill [S, S, 3])`` of one occluder.
+    minimum: fewest occluders.
+    layer: ``(alpha, fill)`` to composite over (default: empty).
+
+  Returns:
+    ``(alpha, fill)``.
+  """
+  count = jax.random.randint(k_count, (), minimum, max(max_occluders, minimum) + 1)
+  alpha, fill = layer or (jnp.zeros((size, size)), jnp.zeros((size, size, 3)))
+  slots = jax.random.split(k_draw, max(max_occluders, 1))[:max(max_occluders, minimum)]
+  for i, key in enumerate(slots):
+    a, f = draw_one(key)
+    alpha, fill = _over(alpha, fill, a * (i < count), f)
+  return alpha, fill
 
 
 # ----------------------------------------------------------------------------- classic
@@ -94,19 +115,19 @@ def classic(key, img, ellipse: Ellipse, max_occluders: int):
   """Textured background; 0..max discs or boxes on the border, solid or textured."""
   size = img.shape[0]
   k_bg, k_n, k_o = jax.random.split(key, 3)
-  count = _count(k_n, max_occluders)
-  alpha, fill = jnp.zeros((size, size)), jnp.zeros((size, size, 3))
   yy, xx = grid(size)
-  for i, ko in enumerate(jax.random.split(k_o, max(max_occluders, 1))[:max_occluders]):
+
+  def one(ko):
     ks = jax.random.split(ko, 6)
     oy, ox = _border_point(ks[0], ellipse)
     r = jax.random.uniform(ks[1], (), minval=0.08, maxval=0.16)
     disc = (yy - oy) ** 2 + (xx - ox) ** 2 <= r ** 2
     box = (jnp.abs(yy - oy) <= r * 0.8) & (jnp.abs(xx - ox) <= r * 1.3)
-    a = jnp.where(jax.random.bernoulli(ks[2]), disc, box).astype(jnp.float32) * (i < count)
+    a = jnp.where(jax.random.bernoulli(ks[2]), disc, box).astype(jnp.float32)
     solid = jnp.broadcast_to(_colours(ks[3], 1)[0], (size, size, 3))
-    f = jnp.where(jax.random.bernoulli(ks[4]), solid, texture(ks[5], size))
-    alpha, fill = _over(alpha, fill, a, f)
+    return a, jnp.where(jax.random.bernoulli(ks[4]), solid, texture(ks[5], size))
+
+  alpha, fill = _occluders(k_n, k_o, size, max_occluders, one)
   return texture(k_bg, size), alpha, fill
 
 
@@ -137,17 +158,18 @@ def fractal(key, img, ellipse: Ellipse, max_occluders: int):
   size = img.shape[0]
   ks = jax.random.split(key, 4)
   background = _palette(ks[1], fractal_noise(ks[0], size))
-  count = _count(ks[2], max_occluders)
-  alpha, fill = jnp.zeros((size, size)), jnp.zeros((size, size, 3))
   yy, xx = grid(size)
-  for i, ko in enumerate(jax.random.split(ks[3], max(max_occluders, 1))[:max_occluders]):
+
+  def one(ko):
     kk = jax.random.split(ko, 5)
     oy, ox = _border_point(kk[0], ellipse)
     r = jax.random.uniform(kk[1], (), minval=0.1, maxval=0.18)
     edge = fractal_noise(kk[2], size)
     d = jnp.sqrt((yy - oy) ** 2 + (xx - ox) ** 2) / r
-    a = ((d + 0.8 * (edge - 0.5)) < 1.0).astype(jnp.float32) * (i < count)
-    alpha, fill = _over(alpha, fill, a, _palette(kk[4], fractal_noise(kk[3], size)))
+    a = ((d + 0.8 * (edge - 0.5)) < 1.0).astype(jnp.float32)
+    return a, _palette(kk[4], fractal_noise(kk[3], size))
+
+  alpha, fill = _occluders(ks[2], ks[3], size, max_occluders, one)
   return background, alpha, fill
 
 
@@ -191,12 +213,15 @@ def marks(key, img, ellipse: Ellipse, max_occluders: int):
     k1, k2, k3 = jax.random.split(kl, 3)
     a = _line(k1, size, _border_point(k2, ellipse)) * (i < n_lines)
     alpha, fill = _over(alpha, fill, a, jnp.broadcast_to(_colours(k3, 1)[0], (size, size, 3)))
-  n_text = _count(ks[4], max_occluders, minimum=1)
-  for i, kt in enumerate(jax.random.split(ks[5], max(max_occluders, 1))):
+
+  def text(kt):
     k1, k2, k3 = jax.random.split(kt, 3)
-    a = _text_block(k1, size, _border_point(k2, ellipse)) * (i < n_text)
     ink = jnp.where(jax.random.bernoulli(k3), -0.9, 0.9)  # dark or bright ink
-    alpha, fill = _over(alpha, fill, a, jnp.full((size, size, 3), ink))
+    return (_text_block(k1, size, _border_point(k2, ellipse)),
+            jnp.full((size, size, 3), ink))
+
+  alpha, fill = _occluders(ks[4], ks[5], size, max_occluders, text, minimum=1,
+                           layer=(alpha, fill))
   return background, alpha, fill
 
 
@@ -222,10 +247,9 @@ def skin(key, img, ellipse: Ellipse, max_occluders: int):
   size = img.shape[0]
   ks = jax.random.split(key, 4)
   background = 0.4 * texture(ks[0], size)
-  count = _count(ks[1], max_occluders, minimum=1)
-  alpha, fill = jnp.zeros((size, size)), jnp.zeros((size, size, 3))
   yy, xx = grid(size)
-  for i, ko in enumerate(jax.random.split(ks[2], max(max_occluders, 1))):
+
+  def one(ko):
     kk = jax.random.split(ko, 4)
     oy, ox = _border_point(kk[0], ellipse)
     r = jax.random.uniform(kk[1], (), minval=0.12, maxval=0.2)
@@ -235,8 +259,9 @@ def skin(key, img, ellipse: Ellipse, max_occluders: int):
     for dy, dx, dr in offs:
       rr = r * (0.75 + 0.25 * dr)
       shape |= (yy - oy - 0.6 * r * dy) ** 2 + (xx - ox - 0.6 * r * dx) ** 2 <= rr ** 2
-    a = shape.astype(jnp.float32) * (i < count)
-    alpha, fill = _over(alpha, fill, a, _skin_fill(kk[3], img, ellipse, (oy, ox), r))
+    return shape.astype(jnp.float32), _skin_fill(kk[3], img, ellipse, (oy, ox), r)
+
+  alpha, fill = _occluders(ks[1], ks[2], size, max_occluders, one, minimum=1)
   return background, alpha, fill
 
 
@@ -263,15 +288,16 @@ def checker(key, img, ellipse: Ellipse, max_occluders: int):
   """High-frequency background; 1..max boxes of another pattern on the border."""
   size = img.shape[0]
   ks = jax.random.split(key, 3)
-  count = _count(ks[1], max_occluders, minimum=1)
-  alpha, fill = jnp.zeros((size, size)), jnp.zeros((size, size, 3))
   yy, xx = grid(size)
-  for i, ko in enumerate(jax.random.split(ks[2], max(max_occluders, 1))):
+
+  def one(ko):
     kk = jax.random.split(ko, 4)
     oy, ox = _border_point(kk[0], ellipse)
     h, w = jax.random.uniform(kk[1], (2,), minval=0.07, maxval=0.16)
-    a = ((jnp.abs(yy - oy) <= h) & (jnp.abs(xx - ox) <= w)).astype(jnp.float32) * (i < count)
-    alpha, fill = _over(alpha, fill, a, high_frequency(kk[2], size))
+    a = ((jnp.abs(yy - oy) <= h) & (jnp.abs(xx - ox) <= w)).astype(jnp.float32)
+    return a, high_frequency(kk[2], size)
+
+  alpha, fill = _occluders(ks[1], ks[2], size, max_occluders, one, minimum=1)
   return high_frequency(ks[0], size), alpha, fill
 
 
