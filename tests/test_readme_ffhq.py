@@ -108,7 +108,10 @@ def walkthrough() -> Dict[str, object]:
   ffhq = commands(section(text, 'Training on FFHQ / CelebA-HQ'))
   convert = {}
   for argv in converting:
-    if argv[:3] == ['python', '-m', 'interestyle_jax.convert'] and argv[3] != 'restyle':
+    # restyle (a trained model) and curricularface (the paper's ID metric) are
+    # not inputs of training.
+    if (argv[:3] == ['python', '-m', 'interestyle_jax.convert']
+        and argv[3] not in ('restyle', 'curricularface')):
       role = 'encoder_init' if '--as_encoder_backbone' in argv else argv[3]
       convert[role] = argv
 
