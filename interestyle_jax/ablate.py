@@ -168,6 +168,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, variants: Sequence[str]
       tests.update(_folder_tests(run_dir, test_dirs, c.eval_batch_size))
     runs[variant][str(seed)] = {'tests': tests, 'wall_time_s': report.get('wall_time_s')}
   return {'variants': list(variants), 'seeds': [int(s) for s in seeds],
+          'data_source': config.data.source,
           'descriptions': {v: DESCRIPTIONS[v] for v in variants},
           'n_iters': int(config.model.n_iters), 'runs': runs,
           'summary': summarise(runs, int(config.model.n_iters))}
@@ -210,7 +211,10 @@ def format_table(result: Mapping[str, Any]) -> str:
   summary = result['summary']
   variants = result['variants']
   tests = list(summary[variants[0]])
-  head = ['row'] + [('own held-out' if t == OWN else f'held-out family `{t}`') for t in tests]
+  synthetic = result.get('data_source', 'synthetic') == 'synthetic'
+  own, other = (('own held-out', 'held-out family') if synthetic else
+                ('test split', 'test set'))
+  head = ['row'] + [(own if t == OWN else f'{other} `{t}`') for t in tests]
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for v in variants:
     cells = [result['descriptions'][v]]

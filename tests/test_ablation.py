@@ -225,3 +225,41 @@ def test_ablate_command_trains_tables_plots_and_resumes(tmp_path):
   bad_cmd[bad_cmd.index('--variants') + 1] = 'restyle,unff'
   bad = subprocess.run(bad_cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
   assert bad.returncode == 2 and "unknown ['unff']" in bad.stderr
+
+
+def test_ablate_on_folder_data_with_extra_test_dirs(tmp_path):
+  """Folder data (as configs/ffhq.py): the config's test split plus --test_dirs."""
+  from interestyle_jax import evaluate
+  from tests import folder_fixtures as ff
+  size = 32
+  train = ff.write_folder(str(tmp_path / 'train'), range(16), size)
+  test = ff.write_folder(str(tmp_path / 'test'), range(100, 104), size)
+  extra = ff.write_folder(str(tmp_path / 'extra'), range(200, 205), size, ext='jpg')
+  workdir = str(tmp_path / 'ablation')
+  cmd = [sys.executable, '-m', 'interestyle_jax.ablate', '--config',
+         os.path.join(REPO, 'configs', 'synthetic.py'), '--workdir', workdir,
+         '--variants', 'restyle,interestyle', '--seeds', '0', '--test_dirs', f'extra={extra}',
+         '--config.data.source=folder', f'--config.data.train_dir={train}',
+         f'--config.data.test_dir={test}', f'--config.data.data_dir={tmp_path / "tfds"}',
+         '--config.data.shuffle_buffer=16', '--config.num_train_steps=2',
+         '--config.batch_size=4', '--config.eval_batch_size=4', '--config.log_every_steps=1',
+         '--config.eval_every_steps=2', '--config.checkpoint_every_steps=2',
+         '--config.image_every_steps=2', '--config.num_grid_images=2',
+         '--config.model.n_iters=2', '--config.filter.sigmas=(16.0,0.0)']
+  env = {**os.environ, 'PYTHONPATH': REPO}
+  out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.load(open(os.path.join(workdir, 'ablation.json')))
+  for variant in ('restyle', 'interestyle'):
+    tests = result['runs'][variant]['0']['tests']
+    assert sorted(tests) == ['extra', 'own']
+    # The extra folder's numbers are what `evaluate` reports for that run.
+    got = evaluate.main(['--checkpoint', os.path.join(workdir, variant, 'seed_0'),
+                         '--data', extra, '--output', str(tmp_path / f'{variant}.json'),
+                         '--no_progress'])
+    assert got == 0
+    want = json.load(open(tmp_path / f'{variant}.json'))['metrics']['mse_interest']
+    assert tests['extra']['mse_interest'] == pytest.approx(want[-1], rel=1e-5)
+    assert tests['extra']['mse_interest_it1'] == pytest.approx(want[0], rel=1e-5)
+  table = open(os.path.join(workdir, 'ablation.md')).read()
+  assert '| row | test split | test set `extra` |' in table
