@@ -2,8 +2,10 @@
 
 A random-weight 32 px StyleGAN2 (fixed seed) is the frozen generator; its
 samples, with OOD backgrounds and occluders pasted into the uninterest region,
-are the training and held-out data (see interestyle_jax/synthetic.py). LPIPS
-and ID are off (no pretrained networks offline); L2 + InD carry the loss.
+are the training and held-out data (see interestyle_jax/synthetic.py). The
+clutter comes from three families in training and three others kept out of it
+and evaluated at the end (interestyle_jax/synthetic_families.py). LPIPS and ID
+are off (no pretrained networks offline); L2 + InD carry the loss.
 """
 
 from interestyle_jax.training.config import default_config
