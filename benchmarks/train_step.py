@@ -25,6 +25,9 @@ subprocess, so the process peak RSS belongs to that T alone. Reported per T:
   ``--peak_tflops`` (the device's dense peak, e.g. 989 for an H100 in bf16)
   when given.
 
+``--profile DIR`` traces one more step per T with ``jax.profiler`` into
+``DIR/T<t>`` (Perfetto/TensorBoard), for the per-op time behind the figures.
+
 With ``--json`` the last line is one JSON object for the last case run
 (``compile_s``, ``step_s``, ``peak_rss_mb``, XLA's memory analysis, …).
 
@@ -59,6 +62,8 @@ flags.DEFINE_bool('paper_scale', False, 'Paper networks at random weights instea
 flags.DEFINE_integer('resolution', 1024, 'Generator resolution with --paper_scale.')
 flags.DEFINE_float('peak_tflops', 0.0, 'Device peak TFLOP/s for MFU (0: not reported).')
 flags.DEFINE_bool('json', False, 'End with one JSON line for the last case.')
+flags.DEFINE_string('profile', '', 'Write a jax.profiler trace of one extra step per T to '
+                    'DIR/T<t> (open in Perfetto or TensorBoard).')
 
 
 def schedule(sigmas, t):
@@ -132,6 +137,10 @@ def run_one(config, t: int):
     jax.block_until_ready(m)
     times.append((time.time() - t0) / steps)
   step_s = float(np.median(times))
+  if FLAGS.profile:
+    with jax.profiler.trace(os.path.join(FLAGS.profile, f'T{t}'), create_perfetto_trace=True):
+      state, m = compiled(state, frozen, batch, key)
+      jax.block_until_ready(m)
   stats = jax.local_devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     peak, source = stats['peak_bytes_in_use'] / 2 ** 20, 'device'
