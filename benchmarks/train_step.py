@@ -26,7 +26,9 @@ subprocess, so the process peak RSS belongs to that T alone. Reported per T:
   when given.
 
 ``--profile DIR`` traces one more step per T with ``jax.profiler`` into
-``DIR/T<t>`` (Perfetto/TensorBoard), for the per-op time behind the figures.
+``DIR/T<t>`` (Perfetto/TensorBoard) and writes the compiled HLO to
+``DIR/T<t>.hlo``; ``python benchmarks/trace_summary.py DIR/T<t>`` sums the
+trace by op name.
 
 With ``--json`` the last line is one JSON object for the last case run
 (``compile_s``, ``step_s``, ``peak_rss_mb``, XLA's memory analysis, …).
@@ -138,9 +140,12 @@ def run_one(config, t: int):
     times.append((time.time() - t0) / steps)
   step_s = float(np.median(times))
   if FLAGS.profile:
-    with jax.profiler.trace(os.path.join(FLAGS.profile, f'T{t}'), create_perfetto_trace=True):
+    trace_dir = os.path.join(FLAGS.profile, f'T{t}')
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       state, m = compiled(state, frozen, batch, key)
       jax.block_until_ready(m)
+    with open(trace_dir + '.hlo', 'w') as f:  # op names for benchmarks/trace_summary.py
+      f.write(compiled.as_text())
   stats = jax.local_devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     peak, source = stats['peak_bytes_in_use'] / 2 ** 20, 'device'
