@@ -67,20 +67,17 @@ def summarize(events: List[dict], names: Optional[Dict[str, str]] = None,
   runs = [e for e in events if e['name'].startswith('ThunkExecutor::Execute (wait')]
   if not runs:
     runs = [e for e in events if e['name'].startswith('ThunkExecutor::Execute')]
+  if not runs:
+    raise SystemExit('trace_summary: the trace has no XLA:CPU execution (ThunkExecutor) '
+                     'events; it reads traces of programs run on CPU')
   t0 = min(e['ts'] for e in runs)
   t1 = max(e['ts'] + e['dur'] for e in runs)
   ops = [e for e in events if not e['name'].startswith(('$', 'ThunkExecutor'))
-         and t0 <= e['ts'] <= t1 and e['name'] != 'block_until_ready']
-  covered, start, end = 0.0, None, None  # union of the ops' intervals
+         and t0 <= e['ts'] <= t1]
+  covered, end = 0.0, float('-inf')  # length of the union of the ops' intervals
   for a, b in sorted((e['ts'], e['ts'] + e['dur']) for e in ops):
-    if end is not None and a <= end:
-      end = max(end, b)
-      continue
-    if end is not None:
-      covered += end - start
-    start, end = a, b
-  if end is not None:
-    covered += end - start
+    covered += max(0.0, b - max(a, end))
+    end = max(end, b)
   groups = collections.Counter()
   for e in ops:
     key = names.get(e['name'], e['name']) if names else re.sub(r'\.\d+$', '', e['name'])

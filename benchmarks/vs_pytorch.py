@@ -14,8 +14,9 @@ jitted ``jax.shard_map`` train step with Ranger (ReStyle's default,
 ``training/ranger.py``), so both sides do the same math.
 ``--torch_optimizer adam`` gives the PyTorch side plain Adam instead, the
 setting the speed issue first measured with: one parameter-sized buffer fewer
-and a cheaper update than the Ranger our side still runs. Generator noise is const on both
-sides and σ = 0 (the filter, cheap elementwise work, is left out of both).
+and a cheaper update than the Ranger our side still runs. Generator noise is
+const on both sides and σ = 0 (the filter, cheap elementwise work, is left out
+of both).
 
 The steps are timed alternately in this process (``--steps`` each, median),
 then each side runs alone in a subprocess for its peak RSS (alone, the JAX

@@ -8,6 +8,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 'benchmarks'))
 
+import pytest  # pylint: disable=g-import-not-at-top
 import trace_summary  # pylint: disable=g-import-not-at-top
 
 HLO = """
@@ -41,9 +42,6 @@ def test_union_and_groups(tmp_path):
 
 
 def test_missing_trace_names_the_directory(tmp_path):
-  try:
+  with pytest.raises(SystemExit) as e:
     trace_summary.load_events(str(tmp_path))
-  except SystemExit as e:
-    assert str(tmp_path) in str(e) and 'jax.profiler.trace' in str(e)
-  else:
-    raise AssertionError('no error for an empty directory')
+  assert str(tmp_path) in str(e.value) and 'jax.profiler.trace' in str(e.value)
