@@ -15,6 +15,8 @@ Reading needs neither torch nor the process that wrote it; a damaged directory
 (unreadable ``model.json``, truncated arrays) raises :class:`ArtifactError`.
 """
 
+import contextlib
+import gc
 import json
 import logging
 import os
@@ -223,28 +225,87 @@ def save_artifact(dst: str, tree: Dict[str, Any], meta: Dict[str, Any],
   return dst
 
 
-def _drop_closed_loop_reports() -> None:
-  """Silences the reads a failed Orbax restore leaves in flight.
+def _is_abandoned_read_report(unraisable) -> bool:
+  """Whether an unraisable report is the echo of a failed Orbax read.
 
-  When one array of a damaged checkpoint fails, Orbax ends its event loop
-  while TensorStore still finishes the other reads; their completion callbacks
-  then find the loop closed and Python prints "RuntimeError: Event loop is
-  closed" tracebacks through ``sys.unraisablehook``, at a random later moment
-  (typically during the next load). The error was already reported as an
-  :class:`ArtifactError`; only that exact message is dropped.
+  When one array of a damaged checkpoint fails, Orbax abandons the reads of
+  all the others and ends its event loop. Each abandoned read coroutine is
+  reported when garbage-collected (with the whole TensorStore spec), and
+  TensorStore's completions of the reads still in flight arrive from its own
+  threads at the closed loop ("RuntimeError: Event loop is closed").
   """
+  code = getattr(unraisable.object, 'cr_code', None)
+  if code is not None and 'orbax' in code.co_filename:
+    return True
+  return _is_closed_loop_report(unraisable)
+
+
+def _is_closed_loop_report(unraisable) -> bool:
+  return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == 'Event loop is closed')
+
+
+def _drop_closed_loop_reports() -> None:
+  """From now on, drops the closed-loop echoes that arrive after a failed read."""
   previous = sys.unraisablehook
   if getattr(previous, '_drops_closed_loop', False):
     return
 
   def hook(unraisable):
-    exc = unraisable.exc_value
-    if isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed':
-      return
-    previous(unraisable)
+    if not _is_closed_loop_report(unraisable):
+      previous(unraisable)
 
   hook._drops_closed_loop = True  # pylint: disable=protected-access
   sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def quiet_failed_restore(settle_s: float = 0.6, limit_s: float = 10.0):
+  """Drops the echoes of a failed Orbax restore run inside the block.
+
+  One missing array file otherwise prints tens of thousands of lines after
+  the one-line error the caller reports (``_is_abandoned_read_report``);
+  reports of anything else pass through. After a failure it waits until no
+  echo has arrived for ``settle_s`` (at most ``limit_s``): TensorStore keeps
+  completing reads after the restore has raised. Stragglers later still are
+  dropped by a hook left in place that matches only the closed-loop echo.
+
+  Args:
+    settle_s: quiet time that ends the wait after a failure.
+    limit_s: the longest wait.
+
+  Yields:
+    Nothing; exceptions of the block propagate.
+  """
+  previous = sys.unraisablehook
+  dropped = [0]
+
+  def hook(unraisable):
+    if _is_abandoned_read_report(unraisable):
+      dropped[0] += 1
+    else:
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  failed = True
+  try:
+    yield
+    failed = False
+  finally:
+    gc.collect()  # the abandoned coroutines are reported here, under our hook
+    if failed:
+      start = last_change = time.monotonic()
+      seen = dropped[0]
+      while time.monotonic() - last_change < settle_s and time.monotonic() - start < limit_s:
+        time.sleep(0.05)
+        gc.collect()
+        if dropped[0] != seen:
+          seen, last_change = dropped[0], time.monotonic()
+    sys.unraisablehook = previous
+    if failed:
+      _drop_closed_loop_reports()
+    if dropped[0]:
+      logger.info('Dropped %d reports of abandoned Orbax reads', dropped[0])
 
 
 def read_meta(path: str) -> Dict[str, Any]:
@@ -344,11 +405,11 @@ def load_artifact(path: str, expected_kind=None) -> Tuple[Dict[str, Any], Dict[s
     raise ArtifactError(f'{path} has no {VARIABLES_DIR}/ checkpoint; convert again')
   ckptr = _local_checkpointer()
   try:
-    tree = ckptr.restore(var_dir)
+    with quiet_failed_restore():
+      tree = ckptr.restore(var_dir)
   except Exception as e:  # pylint: disable=broad-except
     # Orbax / TensorStore report truncated or missing files as ValueError,
     # FileNotFoundError, JSONDecodeError…: all mean "damaged directory".
-    _drop_closed_loop_reports()
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ''
     raise ArtifactError(f'{var_dir} cannot be read ({type(e).__name__}: {first}); the arrays '
                         'are damaged or incomplete (an interrupted copy?): convert or export '

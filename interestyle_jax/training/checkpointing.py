@@ -10,10 +10,14 @@ Orbax writes each step to a temporary directory and renames it when complete,
 so an interrupted run never leaves a partial checkpoint behind. It does not
 notice a checkpoint damaged afterwards (a truncated file, flipped bytes, a
 deleted file): some damage raises deep inside the restore and some restores
-wrong numbers silently. So each step directory also gets ``DIGEST_FILE``, the
-SHA-256 of every array of the saved state, checked after a restore; a step
-that fails to restore or to match its digest is moved to
-``WORKDIR/checkpoints_corrupt/`` and the next older one is used.
+wrong numbers silently. So each step directory also gets ``DIGEST_FILE``: the
+SHA-256 of every array of the saved state, checked after a restore, and the
+size and SHA-256 of every file Orbax wrote for the state, checked *before* it.
+The file check keeps Orbax away from a step with a missing or altered file:
+its asynchronous reader then fails with thousands of lines of tracebacks from
+abandoned reads (and some damage only shows as wrong numbers). A step that
+fails either check or the restore is moved to ``WORKDIR/checkpoints_corrupt/``
+and the next older one is used.
 """
 
 import hashlib
@@ -61,6 +65,66 @@ def state_digest(state) -> Dict[str, str]:
     h.update(a.tobytes())
     out[jax.tree_util.keystr(path)] = h.hexdigest()
   return out
+
+
+def _state_item_dir(step_dir: str) -> str:
+  """The folder of a step holding the TrainState (StandardSave's single item)."""
+  return os.path.join(step_dir, 'default')
+
+
+def file_digest(step_dir: str) -> Dict[str, Dict[str, Any]]:
+  """Size and SHA-256 of every file of a step's state folder.
+
+  Only the state item's folder is listed: Orbax may rewrite the step's
+  top-level metadata after the save, never the arrays.
+
+  Args:
+    step_dir: a finished step directory (``checkpoints/<step>``).
+
+  Returns:
+    dict path relative to ``step_dir`` → ``{'size', 'sha256'}``; empty when the
+    step has no state folder in the expected layout.
+  """
+  out = {}
+  root = _state_item_dir(step_dir)
+  for folder, _, names in os.walk(root):
+    for name in sorted(names):
+      path = os.path.join(folder, name)
+      h = hashlib.sha256()
+      with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):  # pylint: disable=cell-var-from-loop
+          h.update(chunk)
+      out[os.path.relpath(path, step_dir)] = {'size': os.path.getsize(path),
+                                              'sha256': h.hexdigest()}
+  return out
+
+
+def check_files(step_dir: str, want: Dict[str, Dict[str, Any]]) -> None:
+  """Raises ValueError naming the files of ``step_dir`` missing or changed since the save.
+
+  Args:
+    step_dir: the step directory.
+    want: ``file_digest(step_dir)`` as recorded at save time.
+  """
+  missing, changed = [], []
+  for rel, meta in sorted(want.items()):
+    path = os.path.join(step_dir, rel)
+    if not os.path.isfile(path):
+      missing.append(rel)
+    elif os.path.getsize(path) != meta['size']:
+      changed.append(f'{rel} ({meta["size"]} bytes at save time, now {os.path.getsize(path)})')
+  if not missing and not changed:
+    got = file_digest(step_dir)
+    changed = [f'{rel} (content)' for rel, meta in sorted(want.items())
+               if got[rel]['sha256'] != meta['sha256']]
+  if missing or changed:
+    parts = []
+    if missing:
+      parts.append(f'{len(missing)} file(s) missing (first: {missing[0]})')
+    if changed:
+      parts.append(f'{len(changed)} file(s) changed (first: {changed[0]})')
+    raise ValueError(f'{" and ".join(parts)} of the {len(want)} listed in {DIGEST_FILE} at '
+                     'save time')
 
 
 def _first_line(error: BaseException, limit: int = 200) -> str:
@@ -152,25 +216,31 @@ class Checkpointer:
     # The digest goes into the finished step directory, so the save must be
     # complete: checkpoints are minutes apart, the wait costs the write time.
     manager.wait_until_finished()
-    if jax.process_index() == 0:
-      path = os.path.join(self._step_dir(manager, step), DIGEST_FILE)
-      if os.path.isdir(os.path.dirname(path)):  # best/ may have dropped it already
-        workdir_lib.write_atomic(path, json.dumps({'step': int(step), 'sha256': digest},
-                                                  indent=1, sort_keys=True))
+    step_dir = self._step_dir(manager, step)
+    if jax.process_index() == 0 and os.path.isdir(step_dir):  # best/ may have dropped it
+      record = {'step': int(step), 'sha256': digest, 'files': file_digest(step_dir)}
+      workdir_lib.write_atomic(os.path.join(step_dir, DIGEST_FILE),
+                               json.dumps(record, indent=1, sort_keys=True))
 
   def _restore(self, manager, step: int, template):
     """Restores ``step`` and checks it against its digest; raises if damaged."""
+    step_dir = self._step_dir(manager, step)
+    path = os.path.join(step_dir, DIGEST_FILE)
+    record = None
+    if os.path.exists(path):
+      with open(path) as f:
+        record = json.load(f)
+      if record.get('files'):  # digests written before the file list have none
+        check_files(step_dir, record['files'])
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    path = os.path.join(self._step_dir(manager, step), DIGEST_FILE)
-    if not os.path.exists(path):
+    with artifacts.quiet_failed_restore():
+      state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    if record is None:
       # Written before digests existed, or the run died between the save and
       # the digest: nothing to compare with, Orbax's own checks only.
-      logging.info('%s has no %s; restored without a content check',
-                   self._step_dir(manager, step), DIGEST_FILE)
+      logging.info('%s has no %s; restored without a content check', step_dir, DIGEST_FILE)
       return state
-    with open(path) as f:
-      want = json.load(f)['sha256']
+    want = record['sha256']
     got = state_digest(state)
     if got != want:
       bad = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
