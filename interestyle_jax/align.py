@@ -19,7 +19,6 @@ The library part (``arcface_crop``, ``ffhq_align``, …) lives in
 """
 
 import argparse
-import json
 import os
 import sys
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set
@@ -278,9 +277,7 @@ def main(argv=None) -> int:
     summary = {'mtcnn': args.mtcnn, 'input': args.input, 'size': args.size,
                'faces': n_faces, 'photos': photos, 'no_face': no_face,
                'skipped': [{'file': f, 'reason': r} for f, r in skipped]}
-    os.makedirs(args.output, exist_ok=True)
-    with open(os.path.join(args.output, SUMMARY_FILE), 'w') as f:
-      json.dump(summary, f, indent=2)
+    cli_utils.save_json(summary, os.path.join(args.output, SUMMARY_FILE))
   with_faces = len(photos) - len(no_face)
   print(f'aligned {n_faces} face(s) from {with_faces} of {len(found.inputs)} photo(s) into '
         f'{args.output} ({args.size}x{args.size})'

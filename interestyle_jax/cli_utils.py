@@ -6,8 +6,12 @@ costs a second, not the results of the whole run.
 """
 
 import argparse
+import contextlib
+import json
 import os
 import sys
+
+import numpy as np
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -42,6 +46,50 @@ class HelpFormatter(argparse.HelpFormatter):
 
 class OutputPathError(ValueError):
   """An output path cannot be written (the message names the flag and the fix)."""
+
+
+@contextlib.contextmanager
+def atomic_file(path: str):
+  """Yields a temporary path that replaces ``path`` when the block succeeds.
+
+  A reader never sees a half-written file, and a crash or kill mid-write
+  leaves the previous version (or nothing), not a truncated file. The
+  temporary file is hidden, in the same folder (so the rename is atomic), and
+  removed when the block raises.
+
+  Args:
+    path: the file to write; parent directories are created.
+
+  Yields:
+    The temporary path to write to (it has no meaningful extension: pass the
+    format to writers that infer it from the name).
+  """
+  path = os.path.abspath(path)
+  parent, name = os.path.split(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = os.path.join(parent, f'.{name}.tmp-{os.getpid()}')
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.lexists(tmp):
+      os.remove(tmp)
+
+
+def save_json(obj, path: str) -> str:
+  """Writes ``obj`` as indented JSON to ``path`` atomically; returns ``path``."""
+  with atomic_file(path) as tmp:
+    with open(tmp, 'w') as f:
+      json.dump(obj, f, indent=2)
+  return path
+
+
+def save_npy(array, path: str) -> str:
+  """Writes ``array`` as ``.npy`` to ``path`` atomically; returns ``path``."""
+  with atomic_file(path) as tmp:
+    with open(tmp, 'wb') as f:  # a file object: np.save would append .npy to a name
+      np.save(f, np.asarray(array))
+  return path
 
 
 def usage_error(message: str) -> int:

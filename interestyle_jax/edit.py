@@ -291,7 +291,7 @@ def main(argv=None) -> int:
   print(f'wrote {args.output} ({latents.shape[0]} row(s) x {latents.shape[1]} column(s))')
   if args.save_latents:
     path = latents_path(args.output)
-    np.save(path, latents)
+    cli_utils.save_npy(latents, path)
     print(f'wrote {path}')
   return 0
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from interestyle_jax import grids
+from interestyle_jax import cli_utils, grids
 from interestyle_jax.models.stylegan2 import mix_styles
 from interestyle_jax.ops import xla_options
 
@@ -405,7 +405,6 @@ def save_png(image: np.ndarray, path: str) -> str:
   Returns:
     ``path``.
   """
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  Image.fromarray(to_uint8(image)).save(path)
+  with cli_utils.atomic_file(path) as tmp:
+    Image.fromarray(to_uint8(image)).save(tmp, format='PNG')
   return path

@@ -492,9 +492,7 @@ def main(argv=None) -> int:
   if 'id_paper' in result:
     print(id_metric.format_summary(result['id_paper']))
   if args.output is not None:
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, 'w') as f:
-      json.dump(result, f, indent=2)
+    cli_utils.save_json(result, args.output)
     print(f'wrote {args.output}')
   return 0
 

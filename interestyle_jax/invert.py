@@ -34,7 +34,6 @@ real folder and each real file is visited once, so a link cycle (``self ->
 """
 
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -267,7 +266,7 @@ def _write(out_dir: str, stem: str, recon, strip, latent) -> None:
   base = os.path.join(out_dir, stem)
   editing.save_png(recon, base + '.png')
   editing.save_png(strip, base + '_iterations.png')
-  np.save(base + '.npy', np.asarray(latent, np.float32))
+  cli_utils.save_npy(np.asarray(latent, np.float32), base + '.npy')
 
 
 def invert_files(inverter, inputs: List[Tuple[str, str]], out_dir: str,
@@ -453,8 +452,7 @@ def main(argv=None) -> int:
   if args.align:
     summary['faces'] = list(report.faces)
   if report.inverted:
-    with open(os.path.join(args.output, SUMMARY_FILE), 'w') as f:
-      json.dump(summary, f, indent=2)
+    cli_utils.save_json(summary, os.path.join(args.output, SUMMARY_FILE))
   if args.align:
     done = (f'{len(report.inverted)} face(s) from {len(inputs) - len(report.skipped)} of '
             f'{len(inputs)} photo(s)')

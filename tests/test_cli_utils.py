@@ -50,3 +50,33 @@ def test_help_formatter_shows_only_useful_defaults():
   assert 'output side (default: 256)' in text and '50% of it (default: {id}%)' in text
   assert 'list (default: 1.0 2.0)' in text
   assert text.count('(default') == 4  # not for required, None, switches; no repeat
+
+
+def test_atomic_outputs_leave_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from interestyle_jax import editing  # pylint: disable=g-import-not-at-top
+
+  png = str(tmp_path / 'sub' / 'x.png')
+  old = np.full((4, 4, 3), 200, np.uint8)
+  editing.save_png(old, png)  # creates sub/
+  np.testing.assert_array_equal(np.asarray(Image.open(png)), old)
+
+  def killed_mid_write(self, fp, format=None, **kwargs):  # pylint: disable=redefined-builtin
+    with open(fp, 'wb') as f:
+      f.write(b'\x89PNG\r\n')  # a truncated PNG
+    raise OSError('No space left on device')
+
+  monkeypatch.setattr(Image.Image, 'save', killed_mid_write)
+  with pytest.raises(OSError, match='No space'):
+    editing.save_png(np.zeros((4, 4, 3), np.uint8), png)
+  monkeypatch.undo()
+  np.testing.assert_array_equal(np.asarray(Image.open(png)), old)  # still the old image
+  assert os.listdir(tmp_path / 'sub') == ['x.png']  # no temporary file left
+
+  latent = np.arange(6, dtype=np.float32).reshape(2, 3)
+  assert cli_utils.save_npy(latent, str(tmp_path / 'w.npy')) == str(tmp_path / 'w.npy')
+  np.testing.assert_array_equal(np.load(tmp_path / 'w.npy'), latent)
+  cli_utils.save_json({'a': [1, 2]}, str(tmp_path / 's.json'))
+  assert sorted(os.listdir(tmp_path)) == ['s.json', 'sub', 'w.npy']
+  assert '"a": [' in (tmp_path / 's.json').read_text()

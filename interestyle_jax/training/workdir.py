@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from absl import logging
 
+from interestyle_jax import cli_utils
 from interestyle_jax.training.config import ConfigError, default_config
 
 CONFIG_FILE = 'config.json'
@@ -363,10 +364,9 @@ def write_atomic(path: str, text: str) -> str:
   Returns:
     ``path``.
   """
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  with cli_utils.atomic_file(path) as tmp:
+    with open(tmp, 'w') as f:
+      f.write(text)
   return path
 
 
