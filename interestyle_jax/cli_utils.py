@@ -1,4 +1,4 @@
-"""Shared pieces of the command-line tools: help layout and output-path checks.
+"""Shared pieces of the command-line tools: help layout, output-path checks, atomic writes.
 
 The tools (``invert``, ``evaluate``, ``edit``, ``data.make_masks``) check every
 output path before loading a model or reading data, so a typo in ``--output``

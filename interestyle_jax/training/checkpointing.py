@@ -72,6 +72,14 @@ def _state_item_dir(step_dir: str) -> str:
   return os.path.join(step_dir, 'default')
 
 
+def _file_sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      h.update(chunk)
+  return h.hexdigest()
+
+
 def file_digest(step_dir: str) -> Dict[str, Dict[str, Any]]:
   """Size and SHA-256 of every file of a step's state folder.
 
@@ -86,16 +94,11 @@ def file_digest(step_dir: str) -> Dict[str, Dict[str, Any]]:
     step has no state folder in the expected layout.
   """
   out = {}
-  root = _state_item_dir(step_dir)
-  for folder, _, names in os.walk(root):
+  for folder, _, names in os.walk(_state_item_dir(step_dir)):
     for name in sorted(names):
       path = os.path.join(folder, name)
-      h = hashlib.sha256()
-      with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):  # pylint: disable=cell-var-from-loop
-          h.update(chunk)
       out[os.path.relpath(path, step_dir)] = {'size': os.path.getsize(path),
-                                              'sha256': h.hexdigest()}
+                                              'sha256': _file_sha256(path)}
   return out
 
 
@@ -113,10 +116,9 @@ def check_files(step_dir: str, want: Dict[str, Dict[str, Any]]) -> None:
       missing.append(rel)
     elif os.path.getsize(path) != meta['size']:
       changed.append(f'{rel} ({meta["size"]} bytes at save time, now {os.path.getsize(path)})')
-  if not missing and not changed:
-    got = file_digest(step_dir)
+  if not missing and not changed:  # only then is reading every byte worth it
     changed = [f'{rel} (content)' for rel, meta in sorted(want.items())
-               if got[rel]['sha256'] != meta['sha256']]
+               if _file_sha256(os.path.join(step_dir, rel)) != meta['sha256']]
   if missing or changed:
     parts = []
     if missing:
