@@ -182,7 +182,13 @@ def _to_device_layout(batch, local_devices: int):
 
 def train_iterator(world: World, global_batch: int, seed: int,
                    start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
-  """Endless training batches, batch k a pure function of (seed, k, process).
+  """Endless training batches; batch k is a pure function of (seed, k).
+
+  Every process draws the whole global batch of step k from the same key and
+  keeps its own slice, so the batches do not depend on how many processes
+  share them: two processes of 2 devices train on the images one process of 4
+  devices does (drawing is cheap next to the step: a few small generator
+  passes).
 
   Args:
     world: the World.
@@ -192,16 +198,19 @@ def train_iterator(world: World, global_batch: int, seed: int,
 
   Yields:
     dicts 'image' ``[local_devices, per_device, S, S, 3]`` and 'mask'
-    ``[..., S, S, 1]`` (numpy), this process's share.
+    ``[..., S, S, 1]`` (numpy), this process's slice.
   """
   local = jax.local_device_count()
   per_process = global_batch // jax.process_count()
-  draw = _sampler(world, per_process)
-  base = jax.random.fold_in(jax.random.key(seed, impl='rbg'), jax.process_index())
+  lo = jax.process_index() * per_process
+  draw = _sampler(world, global_batch)
+  # fold_in(·, 0): the key the single-process stream has always used.
+  base = jax.random.fold_in(jax.random.key(seed, impl='rbg'), 0)
   step = start_step
   while True:
     b = draw(jax.random.fold_in(base, step))
-    yield _to_device_layout({'image': b['image'], 'mask': b['mask']}, local)
+    yield _to_device_layout({k: np.asarray(b[k])[lo:lo + per_process]
+                             for k in ('image', 'mask')}, local)
     step += 1
 
 

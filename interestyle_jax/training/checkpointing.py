@@ -32,6 +32,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from interestyle_jax import artifacts
+from interestyle_jax.training import distributed
 from interestyle_jax.training import workdir as workdir_lib
 from interestyle_jax.training.config import ConfigError
 
@@ -250,6 +251,23 @@ class Checkpointer:
                        f'written at save time (first: {bad[0]})')
     return state
 
+  def _try_restore(self, manager, step: int, template):
+    """``(state, None)``, or ``(None, error)`` when any process failed to restore ``step``.
+
+    Every process must restore the same step: one that fell back alone would
+    train from other weights, or wait forever in a collective.
+    """
+    state = error = None
+    try:
+      state = self._restore(manager, step, template)
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax and TensorStore raise many types for damaged files
+      # (JSONDecodeError, ValueError, plain Exception, FileNotFoundError).
+      error = _first_line(e)
+    if not distributed.all_true(error is None) and error is None:
+      state, error = None, 'restored here, but not on another process of the job'
+    return state, error
+
   def _move_aside(self, manager, step: int, prefix: str) -> str:
     """Moves a damaged step directory to WORKDIR/checkpoints_corrupt/ (kept, not deleted)."""
     src = self._step_dir(manager, step)
@@ -272,14 +290,11 @@ class Checkpointer:
     """
     failures: List[Tuple[int, str]] = []
     for step in sorted(manager.all_steps(), reverse=True):
-      try:
-        state = self._restore(manager, step, template)
-      except Exception as e:  # pylint: disable=broad-except
-        # Orbax and TensorStore raise many types for damaged files
-        # (JSONDecodeError, ValueError, plain Exception, FileNotFoundError).
-        failures.append((step, _first_line(e)))
+      state, error = self._try_restore(manager, step, template)
+      if error is not None:
+        failures.append((step, error))
         logging.warning('Checkpoint %s does not restore: %s',
-                        self._step_dir(manager, step), failures[-1][1])
+                        self._step_dir(manager, step), error)
         continue
       if failures:
         moved = [(self._step_dir(manager, s), self._move_aside(manager, s, prefix))
@@ -287,8 +302,9 @@ class Checkpointer:
         _barrier('interestyle_checkpoint_move_aside')
         manager.reload()  # Orbax caches its step list
         for src, dst in moved:
-          logging.warning('Moved the damaged checkpoint %s to %s; using step %d', src, dst,
-                          step)
+          if jax.process_index() == 0:  # the one process that moved it
+            logging.warning('Moved the damaged checkpoint %s to %s; using step %d', src,
+                            dst, step)
       return step, state, failures
     return None, None, failures
 
@@ -334,15 +350,15 @@ class Checkpointer:
     step = self.best.best_step()
     if step is None:
       return None
-    try:
-      return step, self._restore(self.best, step, template)
-    except Exception as e:  # pylint: disable=broad-except
-      dst = self._move_aside(self.best, step, 'best-')
-      _barrier('interestyle_best_move_aside')
-      self.best.reload()
-      logging.warning('Best checkpoint %s does not restore (%s); moved it to %s',
-                      self._step_dir(self.best, step), _first_line(e), dst)
-      return None
+    state, error = self._try_restore(self.best, step, template)
+    if error is None:
+      return step, state
+    dst = self._move_aside(self.best, step, 'best-')
+    _barrier('interestyle_best_move_aside')
+    self.best.reload()
+    logging.warning('Best checkpoint %s does not restore (%s); moved it to %s',
+                    self._step_dir(self.best, step), error, dst)
+    return None
 
   def save(self, step: int, state) -> bool:
     """Saves ``state`` as the checkpoint of ``step`` (all processes call this).

@@ -155,12 +155,14 @@ def _non_finite(cfg, prefix: str) -> Iterator[Tuple[str, Any]]:
       yield path, value
 
 
-def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
+def validate(config: ml_collections.ConfigDict, device_count: int,
+             process_count: int = 1) -> None:
   """Raises ConfigError naming every invalid field.
 
   Args:
     config: the training config.
     device_count: ``jax.device_count()`` (all processes).
+    process_count: ``jax.process_count()`` (named in the batch-split message).
   """
   errors = _unknown_fields(config, default_config(), 'config')
   if errors:
@@ -198,8 +200,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
                   '(Ranger uses 0.5)')
   for field in ('batch_size', 'eval_batch_size'):
     if c[field] > 0 and c[field] % device_count:
-      errors.append(f'config.{field}={c[field]} is not divisible by the {device_count} '
-                    'devices')
+      where = (f'{device_count} devices' if process_count == 1 else
+               f'{device_count} devices of the {process_count} processes')
+      errors.append(f'config.{field}={c[field]} is not divisible by the {where}: each '
+                    'device takes an equal share; use a multiple of the device count')
   if c.model.n_iters < 1:
     errors.append(f'config.model.n_iters={c.model.n_iters} must be >= 1')
   if len(c.filter.sigmas) != c.model.n_iters:

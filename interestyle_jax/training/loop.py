@@ -4,8 +4,13 @@ Data parallel over every device: the per-device step functions of
 :mod:`interestyle_jax.training.step` run under ``jax.shard_map`` on a 1-D
 mesh with axis 'batch', inside ``jax.jit`` (``jax.pmap`` is the legacy spelling
 of the same thing; JAX's docs direct new code to shard_map). Each process
-feeds its own share of the batch; process 0 writes logs, grids, the inference
-export and the metrics JSON, and all processes take part in checkpointing.
+feeds its own slice of each step's global batch, which depends on the step
+only, not on the process layout (:mod:`interestyle_jax.training.setup`);
+process 0 writes logs, grids, the inference export and the metrics JSON, and
+all processes take part in checkpointing. A refusal on any process stops all
+of them (:mod:`interestyle_jax.training.distributed`), and SIGTERM / SIGINT
+save a checkpoint at the next step boundary on every process and end the run
+with :class:`~interestyle_jax.training.preemption.Preempted`.
 
 Outputs in WORKDIR: TensorBoard events (train/eval scalars, steps/s, image
 grids), ``images/`` (the grids as PNG), ``checkpoints/`` (latest), ``best/``
@@ -16,9 +21,11 @@ the same command resumes from the latest checkpoint. The log holds one line
 per log interval and per validation and a closing summary (``logs``).
 """
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import time
 from typing import Any, Dict
 
@@ -30,14 +37,16 @@ from jax.sharding import PartitionSpec as P
 
 from interestyle_jax import grids
 from interestyle_jax.ops import xla_options
-from interestyle_jax.training import checkpointing, evaluation, logs, setup as setup_lib
+from interestyle_jax.training import checkpointing, distributed, evaluation, logs, preemption
+from interestyle_jax.training import setup as setup_lib
 from interestyle_jax.training import state as state_lib
 from interestyle_jax.training import step as step_lib
 from interestyle_jax.training import workdir as workdir_lib
-from interestyle_jax.training.config import validate
+from interestyle_jax.training.config import ConfigError, validate
 
 INITIAL_METRICS = 'initial_metrics.json'
 FINAL_METRICS = 'metrics.json'
+PREEMPTED = 'preempted.json'
 
 
 def make_train_fn(models, cfg, tx, mesh, collection):
@@ -101,6 +110,25 @@ def _write_json(path: str, obj) -> None:
   workdir_lib.write_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
+def _write_preempted(workdir: str, step: int, signum: int, pending_eval: bool,
+                     lead: bool) -> None:
+  """Records where a preempted run stopped and whether that step's validation is owed."""
+  if lead:
+    _write_json(os.path.join(workdir, PREEMPTED),
+                {'step': int(step), 'signal': signal.Signals(signum).name,
+                 'pending_eval': bool(pending_eval)})
+
+
+def _pending_eval(workdir: str):
+  """The step whose validation a preempted run skipped, or None."""
+  try:
+    with open(os.path.join(workdir, PREEMPTED)) as f:
+      record = json.load(f)
+    return int(record['step']) if record.get('pending_eval') else None
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
 def _local_rows(batch, n: int):
   return {k: np.asarray(v).reshape((-1,) + np.asarray(v).shape[2:])[:n]
           for k, v in batch.items() if k in ('image', 'mask', 'target')}
@@ -115,20 +143,31 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
 
   Returns:
     The final metrics dict written to ``WORKDIR/metrics.json``.
+
+  Raises:
+    ConfigError: the run is refused (on every process alike).
+    Preempted: SIGTERM or SIGINT stopped the run after saving a checkpoint.
   """
   t_start = time.time()
   logs.quiet_libraries()
-  validate(config, jax.device_count())
   lead = jax.process_index() == 0
-  workdir = workdir_lib.prepare(workdir, create=lead)
-  # One train.py per workdir (process 0 holds the lock for a multi-host job),
-  # and a re-run must match the saved run's config, before anything is written.
-  with workdir_lib.lock(workdir, enabled=lead):
-    workdir_lib.check_resume(config, workdir)
-    if lead:
-      # The run's full config, so tools (evaluate --data synthetic) can rebuild
-      # its world without the command line that started it.
-      workdir_lib.write_config(config, workdir)
+  distributed.check_same_config(config)
+  with contextlib.ExitStack() as stack:
+    refusal = None
+    try:
+      validate(config, jax.device_count(), jax.process_count())
+      workdir = workdir_lib.prepare(workdir, create=lead)
+      # One train.py per workdir (process 0 holds the lock for a multi-host job),
+      # and a re-run must match the saved run's config, before anything is written.
+      stack.enter_context(workdir_lib.lock(workdir, enabled=lead))
+      if lead:
+        workdir_lib.check_resume(config, workdir)
+        # The run's full config, so tools (evaluate --data synthetic) can rebuild
+        # its world without the command line that started it.
+        workdir_lib.write_config(config, workdir)
+    except ConfigError as e:
+      refusal = e
+    distributed.agree(refusal)  # the other processes would wait in a collective
     return _train_and_evaluate(config, workdir, t_start)
 
 
@@ -150,8 +189,9 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> Dict[str, Any]:
         workdir, s.encoder_kwargs, s.generator_kwargs, exported.encoder_variables,
         s.frozen['generator'], s.frozen['latent_avg'], config.model.encoder_size,
         config.model.n_iters, step, extra_meta={'export': which})
-    logging.info('Exported the %s state (step %d) to %s', which, step,
-                 os.path.join(workdir, checkpointing.INFERENCE_DIR))
+    if lead:
+      logging.info('Exported the %s state (step %d) to %s', which, step,
+                   os.path.join(workdir, checkpointing.INFERENCE_DIR))
 
   # config.export='best': inference/ follows best/, rewritten when it changes.
   on_best = (lambda step, best: export(step, best, 'best')) if config.export == 'best' else None
@@ -188,19 +228,22 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> Dict[str, Any]:
       result = evaluate(eval_fn, state, frozen, eval_batches(), mesh)
     writer.write_scalars(step, {f'eval/{k}': v for k, v in result.items()})
     logging.info('%s', logs.format_eval(step, result))
-    write_grid('eval', step, vis_fn(state, frozen, grid_rows, apply_filter=False))
+    write_grid('eval', step, grid_rows)
     return result
 
-  def write_grid(kind, step, panels):
+  def write_grid(kind, step, rows):
+    if not lead:  # only process 0 writes images: the others skip the computation
+      return
+    # This process's copy of the replicated state: a local program, no collective.
+    local = jax.tree.map(lambda a: a.addressable_data(0), (state, frozen))
+    panels = vis_fn(*local, rows, apply_filter=kind == 'train')
     grid = grids.render(grids.columns(jax.device_get(panels), filtered=kind == 'train'))
     writer.write_images(step, {f'{kind}/grid': grid[None]})
-    if lead:
-      grids.write_png(workdir, kind, step, grid)
+    grids.write_png(workdir, kind, step, grid)
 
   def save(step):
     with report_progress.timed('checkpoint'):
-      ckpt.save(step, state)
-      if config.export == 'latest':
+      if ckpt.save(step, state) and config.export == 'latest':
         export(step, state, 'latest')
 
   report_progress = logs.ReportProgress(
@@ -223,38 +266,53 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> Dict[str, Any]:
       initial = json.load(f)['eval']
   else:
     initial = {}
+  if start > 0 and _pending_eval(workdir) == start:
+    # Preempted at this step before its validation: run it now, so the
+    # metrics and best/ come out as in an uninterrupted run.
+    pending = run_eval(start)
+    ckpt.maybe_save_best(start, state, pending['loss'])
 
   final = None
   last = config.num_train_steps
   train_iter = setup_lib.train_iterator(config, s, start)
   acc = compiled = None
   logging.info('Training steps %d..%d', start + 1, last)
-  for step in range(start + 1, last + 1):
-    with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      local = next(train_iter)
-      batch = setup_lib.shard_batch(local, mesh)
-      if compiled is None:  # ahead of time, to free the compiler's memory before it runs
-        compiled = xla_options.compile_and_release(train_fn, state, frozen, batch, noise_rng)
-      state, metrics = compiled(state, frozen, batch, noise_rng)
-    acc = metrics if acc is None else acc.merge(metrics)
-    if step % config.log_every_steps == 0 or step == last:
-      scalars = {k: float(v) for k, v in acc.compute().items()}
-      writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
-      report_progress.scalars = scalars  # shown in the progress line
-      acc = None
-    for hook in hooks:
-      hook(step)
-    if step % config.image_every_steps == 0 or step == last:
-      write_grid('train', step, vis_fn(state, frozen,
-                                       _local_rows(local, config.num_grid_images),
-                                       apply_filter=True))
-    if step % config.eval_every_steps == 0 or step == last:
-      final = run_eval(step)
-      if ckpt.maybe_save_best(step, state, final['loss']):
-        logging.info('New best validation loss %.5g at step %d (best/%d)', final['loss'],
-                     step, step)
-    if step % config.checkpoint_every_steps == 0 or step == last:
-      save(step)
+  with preemption.PreemptionWatch(start, ckpt.latest.reached_preemption) as watch:
+    for step in range(start + 1, last + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        local = next(train_iter)
+        batch = setup_lib.shard_batch(local, mesh)
+        if compiled is None:  # ahead of time, to free the compiler's memory before it runs
+          compiled = xla_options.compile_and_release(train_fn, state, frozen, batch,
+                                                     noise_rng)
+        state, metrics = compiled(state, frozen, batch, noise_rng)
+      acc = metrics if acc is None else acc.merge(metrics)
+      if step % config.log_every_steps == 0 or step == last:
+        scalars = {k: float(v) for k, v in acc.compute().items()}
+        writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
+        report_progress.scalars = scalars  # shown in the progress line
+        acc = None
+      for hook in hooks:
+        hook(step)
+      if step < last and watch.reached(step):  # every process stops at this step
+        # The step's checkpoint first and alone: the grace period before the
+        # kill can be short. A validation due now runs when the run resumes.
+        save(step)
+        ckpt.wait()
+        _write_preempted(workdir, step, watch.signum,
+                         pending_eval=step % config.eval_every_steps == 0, lead=lead)
+        ckpt.close()
+        writer.flush()
+        raise preemption.Preempted(step, watch.signum)
+      if step % config.image_every_steps == 0 or step == last:
+        write_grid('train', step, _local_rows(local, config.num_grid_images))
+      if step % config.eval_every_steps == 0 or step == last:
+        final = run_eval(step)
+        if ckpt.maybe_save_best(step, state, final['loss']) and lead:
+          logging.info('New best validation loss %.5g at step %d (best/%d)', final['loss'],
+                       step, step)
+      if step % config.checkpoint_every_steps == 0 or step == last:
+        save(step)
   if final is None:  # already trained to num_train_steps: re-evaluate only
     final = run_eval(start)
     # Nothing is saved again (inference/ was brought up to date at start-up),
@@ -289,5 +347,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> Dict[str, Any]:
                                                  final['mse_interest_it0'])
   if lead:
     _write_json(os.path.join(workdir, FINAL_METRICS), report)
+    if os.path.exists(os.path.join(workdir, PREEMPTED)):
+      os.remove(os.path.join(workdir, PREEMPTED))  # the run has finished
     logging.info('%s', logs.format_summary(report, workdir))
   return report

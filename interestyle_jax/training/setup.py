@@ -227,7 +227,9 @@ def eval_iterator_fn(config, setup: Setup, families: Optional[Tuple[str, ...]] =
   if config.data.source == 'synthetic':
     held = synthetic.heldout_set(setup.world, config.synthetic.num_heldout,
                                  config.synthetic.heldout_seed,
-                                 chunk=config.batch_size // jax.process_count(),
+                                 # the global batch: the set must not depend on
+                                 # the number of processes (nor reuse another sampler)
+                                 chunk=config.batch_size,
                                  families=families)
     make = functools.partial(synthetic.eval_iterator, held, config.eval_batch_size)
   else:
