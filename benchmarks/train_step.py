@@ -30,6 +30,11 @@ subprocess, so the process peak RSS belongs to that T alone. Reported per T:
 ``DIR/T<t>.hlo``; ``python benchmarks/trace_summary.py DIR/T<t>`` sums the
 trace by op name.
 
+``reduce_s`` times the cross-device gradient average alone (``lax.pmean``
+over a tree shaped like the encoder's parameters, as in the step). With
+``--coordinator_address/--num_processes/--process_id`` the process joins a
+multi-process job first (``benchmarks/multiprocess.py`` starts such jobs).
+
 With ``--json`` the last line is one JSON object for the last case run
 (``compile_s``, ``step_s``, ``peak_rss_mb``, XLA's memory analysis, …).
 
@@ -64,6 +69,9 @@ flags.DEFINE_bool('paper_scale', False, 'Paper networks at random weights instea
 flags.DEFINE_integer('resolution', 1024, 'Generator resolution with --paper_scale.')
 flags.DEFINE_float('peak_tflops', 0.0, 'Device peak TFLOP/s for MFU (0: not reported).')
 flags.DEFINE_bool('json', False, 'End with one JSON line for the last case.')
+flags.DEFINE_string('coordinator_address', None, 'Internal: join a multi-process job.')
+flags.DEFINE_integer('num_processes', None, 'Internal: processes of the job.')
+flags.DEFINE_integer('process_id', None, 'Internal: this process.')
 flags.DEFINE_string('profile', '', 'Write a jax.profiler trace of one extra step per T to '
                     'DIR/T<t> (open in Perfetto or TensorBoard).')
 
@@ -74,6 +82,22 @@ def schedule(sigmas, t):
   if len(sigmas) == t:
     return tuple(sigmas)
   return tuple(np.linspace(max(sigmas), 0.0, t).tolist()) if t > 1 else (0.0,)
+
+
+def time_reduction(mesh, params, repeats: int) -> float:
+  """Median seconds of the step's cross-device gradient mean, alone."""
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  mean = xla_options.jit(jax.shard_map(lambda g: jax.lax.pmean(g, 'batch'), mesh=mesh,
+                                       in_specs=P(), out_specs=P(), check_vma=False))
+  jax.block_until_ready(mean(params))
+  times = []
+  for _ in range(max(3, repeats)):
+    t0 = time.time()
+    for _ in range(10):
+      out = mean(params)
+    jax.block_until_ready(out)
+    times.append((time.time() - t0) / 10)
+  return float(np.median(times))
 
 
 def run_one(config, t: int):
@@ -139,6 +163,7 @@ def run_one(config, t: int):
     jax.block_until_ready(m)
     times.append((time.time() - t0) / steps)
   step_s = float(np.median(times))
+  reduce_s = time_reduction(mesh, state.params.fast, FLAGS.repeats)
   if FLAGS.profile:
     trace_dir = os.path.join(FLAGS.profile, f'T{t}')
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
@@ -154,7 +179,8 @@ def run_one(config, t: int):
   rss = peak_rss_mb()
   mfu = gflop / step_s / (FLAGS.peak_tflops * 1e3) if FLAGS.peak_tflops else None
   return {'T': t, 'batch': FLAGS.batch, 'compile_s': round(compile_s, 2),
-          'step_s': round(step_s, 4),
+          'step_s': round(step_s, 4), 'reduce_s': round(reduce_s, 5),
+          'processes': jax.process_count(),
           'steps_per_s': round(1 / step_s, 3), 'images_per_s': round(FLAGS.batch / step_s, 2),
           'temp_MiB': None if temp_mib is None else round(temp_mib, 2),
           'peak_MiB': round(peak, 1), 'peak_source': source, 'peak_rss_mb': round(rss, 1),
@@ -168,7 +194,13 @@ def run_one(config, t: int):
 
 def main(argv):
   if FLAGS.single:
-    print('RESULT ' + json.dumps(run_one(FLAGS.config, FLAGS.single)), flush=True)
+    if FLAGS.num_processes:
+      from interestyle_jax.training import distributed  # pylint: disable=g-import-not-at-top
+      distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                             FLAGS.process_id)
+    result = run_one(FLAGS.config, FLAGS.single)
+    if jax.process_index() == 0:
+      print('RESULT ' + json.dumps(result), flush=True)
     return
   results = []
   for t in [int(v) for v in FLAGS.iters.split(',')]:
