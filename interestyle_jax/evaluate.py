@@ -230,8 +230,9 @@ def synthetic_batches(inverter, config, batch_size: int, limit: Optional[int],
                        'config the run was trained with (--config)')
   world = synthetic.build_world(config.synthetic)
   _check_same_generator(world, inverter)
+  # chunk: the draws of train.py's held-out set (training.setup.eval_iterator_fn).
   held = synthetic.heldout_set(world, config.synthetic.num_heldout,
-                               config.synthetic.heldout_seed,
+                               config.synthetic.heldout_seed, chunk=config.batch_size,
                                families=None if family is None else (family,))
   held = {k: v[:limit] for k, v in held.items()}
   if world.size != inverter.encoder_size:
