@@ -305,6 +305,7 @@ def main(argv):
     raise app.UsageError('Too many command-line arguments.')
   from interestyle_jax.training import logs  # pylint: disable=g-import-not-at-top
   from interestyle_jax.training.config import ConfigError  # pylint: disable=g-import-not-at-top
+  from interestyle_jax.training.preemption import Preempted  # pylint: disable=g-import-not-at-top
   logs.quiet_libraries()
   try:
     args = _parse(FLAGS)
@@ -316,6 +317,9 @@ def main(argv):
     message = ' '.join(str(e).split())
     print(f'ablate: error: {message}', file=sys.stderr, flush=True)
     sys.exit(2)
+  except Preempted as p:  # SIGTERM / Ctrl-C: the current row's checkpoint is saved
+    print(f'ablate: {p}; re-run the same command to resume', file=sys.stderr, flush=True)
+    sys.exit(p.exit_status)
   write(result, FLAGS.workdir)
   print(format_table(result))
   print(f'wrote {os.path.join(FLAGS.workdir, RESULTS_MD)}, {RESULTS_JSON}, {RESULTS_PNG}')
