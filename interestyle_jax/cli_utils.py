@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import sys
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -169,3 +170,28 @@ def check_output_file(path: str, flag: str, example: str = 'out') -> str:
     raise OutputPathError(f'{flag} {path} exists and is not writable; choose another file or '
                           'fix its permissions')
   return full
+
+
+def check_outputs(out_dir: str, stems: Iterable[str], suffixes: Sequence[str],
+                  summary_file: str = 'summary.json') -> None:
+  """Checks, before any work, that every output of a command's run can be written.
+
+  Args:
+    out_dir: the output folder (``--output``).
+    stems: output stems (paths relative to ``out_dir``, no extension).
+    suffixes: the files written per stem.
+    summary_file: the summary the command writes into ``out_dir``.
+
+  Raises:
+    OutputPathError: ``out_dir`` is a file or not writable, a folder stands
+      where an output file goes, or a file where a sub-folder of outputs goes.
+  """
+  stems = list(stems)
+  check_output_dir(out_dir, '--output')
+  for rel in [summary_file] + [stem + suffix for stem in stems for suffix in suffixes]:
+    if os.path.isdir(os.path.join(out_dir, rel)):
+      raise OutputPathError(
+          f'--output {out_dir} holds a folder {rel} where an output file goes; move it away '
+          'or choose another --output')
+  for sub in sorted({os.path.dirname(stem) for stem in stems} - {''}):
+    check_output_dir(os.path.join(out_dir, sub), f'--output {out_dir}: sub-folder')

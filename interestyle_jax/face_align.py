@@ -12,13 +12,17 @@ Two crops, for two uses:
   ``recreate_aligned_images``), the framing StyleGAN2 generators and the
   encoders trained on FFHQ / CelebA-HQ expect.
 
+Detection plus alignment of every face of a photo (:func:`align_faces`,
+:func:`face_stems`, :func:`load_detector`) serves ``align``, ``invert
+--align`` and the paper's ID metric.
+
 Landmarks are ``[5, 2]`` (x, y) in pixels: left eye, right eye, nose, left
 mouth corner, right mouth corner ("left" as seen in the photo), as
 :class:`interestyle_jax.models.mtcnn.MTCNN` returns them. Pixel centres are at
 integer coordinates, as in MTCNN's and OpenCV's convention.
 """
 
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import scipy.ndimage
@@ -36,6 +40,7 @@ _REFERENCE_96x112 = np.array([
 ])
 ARCFACE_REFERENCE_POINTS = _REFERENCE_96x112 + np.array([8.0, 0.0])
 ARCFACE_SIZE = 112
+NO_FACE = 'no face found (MTCNN)'
 
 
 class AlignmentError(ValueError):
@@ -374,3 +379,102 @@ def ffhq_align(image: np.ndarray, landmarks: np.ndarray, output_size: int = 1024
   if output_size < transform_size:
     img = img.resize((output_size, output_size), Image.Resampling.LANCZOS)
   return np.asarray(img)
+
+
+# ---------------------------------------------------------------------------
+# Every face of a photo.
+
+
+class AlignedFace(NamedTuple):
+  """One detected face and its FFHQ-aligned crop.
+
+  Attributes:
+    image: uint8 ``[size, size, 3]`` aligned crop.
+    box: ``[4]`` x1, y1, x2, y2 in photo pixels.
+    prob: MTCNN's face probability.
+    landmarks: ``[5, 2]`` (x, y) in photo pixels.
+  """
+  image: np.ndarray
+  box: np.ndarray
+  prob: float
+  landmarks: np.ndarray
+
+  def record(self, output: str) -> Dict:
+    """The face as summary.json lists it, with the output file written for it."""
+    return {'output': output, 'box': [round(float(v), 2) for v in self.box],
+            'prob': round(float(self.prob), 6),
+            'landmarks': [[round(float(v), 2) for v in p] for p in self.landmarks]}
+
+
+def align_faces(detector, photo: np.ndarray, size: int = 1024,
+                transform_size: Optional[int] = None,
+                enable_padding: bool = True) -> List[AlignedFace]:
+  """Detects every face of a photo and FFHQ-aligns each.
+
+  Args:
+    detector: an :class:`interestyle_jax.models.mtcnn.MTCNN` (``load_mtcnn``).
+    photo: uint8 ``[H, W, 3]``.
+    size: side of the aligned crops.
+    transform_size: see :func:`~interestyle_jax.face_align.ffhq_align`.
+    enable_padding: see :func:`~interestyle_jax.face_align.ffhq_align`.
+
+  Returns:
+    One :class:`AlignedFace` per face, largest first (MTCNN's order); empty
+    when there is none.
+  """
+  faces = detector.detect(photo)
+  return [AlignedFace(ffhq_align(photo, lm, size, transform_size, enable_padding),
+                      np.asarray(box, np.float64), float(prob), np.asarray(lm, np.float64))
+          for box, prob, lm in zip(faces.boxes, faces.probs, faces.landmarks)]
+
+
+def face_stems(stem: str, n_faces: int, taken: Set[str]) -> List[str]:
+  """Output stems of a photo's faces: ``stem`` for one, ``stem_0``, ``stem_1``, … for several.
+
+  A numbered name that another output already uses (a photo named
+  ``b_0.jpg`` next to a ``b.jpg`` with two faces) gets ``-2``, ``-3``, …
+  appended instead of overwriting it.
+
+  Args:
+    stem: the photo's output stem (path relative to the output folder).
+    n_faces: faces found.
+    taken: stems in use; the new ones are added to it.
+
+  Returns:
+    ``n_faces`` stems.
+  """
+  names = [stem] if n_faces == 1 else [f'{stem}_{k}' for k in range(n_faces)]
+  out = []
+  for name in names:
+    unique, k = name, 2
+    while unique in taken and unique != stem:
+      unique, k = f'{name}-{k}', k + 1
+    taken.add(unique)
+    out.append(unique)
+  return out
+
+
+def load_detector(path: str, flag: str = '--mtcnn', **kwargs):
+  """Loads a ``convert mtcnn`` directory, with an error naming the flag and the fix.
+
+  Args:
+    path: the directory.
+    flag: the option that gave it, for messages.
+    **kwargs: :class:`~interestyle_jax.models.mtcnn.MTCNN` settings.
+
+  Returns:
+    The detector.
+
+  Raises:
+    artifacts.ArtifactError: not a usable MTCNN directory.
+  """
+  # Imported here: alignment alone needs neither Orbax nor the network.
+  from interestyle_jax import artifacts  # pylint: disable=g-import-not-at-top
+  from interestyle_jax.models.mtcnn import load_mtcnn  # pylint: disable=g-import-not-at-top
+  try:
+    return load_mtcnn(path, **kwargs)
+  except artifacts.ArtifactError as e:
+    hint = '' if 'convert mtcnn' in str(e) else (
+        '; an MTCNN directory is made by `python -m interestyle_jax.convert mtcnn SRC DIR` '
+        '(SRC: the facenet-pytorch wheel or its pnet/rnet/onet files)')
+    raise artifacts.ArtifactError(f'{flag} {path}: {e}{hint}') from e

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from interestyle_jax.face_align import AlignmentError, arcface_crop
+
 # ReStyle's models/mtcnn/mtcnn.py: MTCNN.detect_faces' defaults.
 RESTYLE_MTCNN = dict(min_face_size=20.0, thresholds=(0.15, 0.25, 0.35), factor=0.707)
 # Faces embedded per call; the last chunk is padded, so one program serves all.
@@ -101,8 +103,6 @@ class PaperID:
       Per image, the uint8 ``[size, size, 3]`` crop, or None when no face
       was found.
     """
-    # pylint: disable-next=g-import-not-at-top
-    from interestyle_jax.align import AlignmentError, arcface_crop
     images = [as_uint8(im) for im in images]
     same = len({im.shape for im in images}) == 1
     # Same-size images (a batch of generator outputs) share the pyramid passes.

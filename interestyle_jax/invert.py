@@ -39,18 +39,14 @@ import sys
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
 
-from interestyle_jax import artifacts, cli_utils, editing
+from interestyle_jax import artifacts, cli_utils, editing, face_align
 from interestyle_jax.data import folder
+# Importable from here as before (the notebook reads images with read_image).
+from interestyle_jax.photos import (Found, ImageError, find_inputs, read_image,  # noqa: F401
+                                    read_image_sized, read_photo, squash_warning, too_small)
 
 SUMMARY_FILE = 'summary.json'
-
-
-class ImageError(ValueError):
-  """An input image cannot be inverted (unreadable or too small)."""
-
-
 OUTPUT_SUFFIXES = ('.png', '_iterations.png', '.npy')
 ALIGNED_SUFFIX = '_aligned.png'  # with --align: the FFHQ-aligned face that was inverted
 
@@ -70,196 +66,6 @@ class Report(NamedTuple):
   skipped: List[Tuple[str, str]]
   squashed: Sequence[Tuple[str, Tuple[int, int]]] = ()
   faces: Sequence[Dict] = ()
-
-
-class Found(NamedTuple):
-  """What :func:`find_inputs` found.
-
-  Attributes:
-    inputs: ``(file, output stem)`` pairs, the stem being the path relative
-      to the folder without extension.
-    ignored: files without an image extension.
-    duplicates: symlinks to files or folders already listed or searched
-      (cycles included), not followed again.
-  """
-  inputs: List[Tuple[str, str]]
-  ignored: List[str]
-  duplicates: List[str]
-
-
-def too_small(width: int, height: int, min_size: int) -> Optional[str]:
-  """Says why an image is too small for the encoder, or None when it is not.
-
-  Args:
-    width: image width.
-    height: image height.
-    min_size: the encoder input side.
-
-  Returns:
-    A message naming the minimum, or None.
-  """
-  if min(width, height) >= min_size:
-    return None
-  return (f'image is {width}x{height}, smaller than the encoder input '
-          f'{min_size}x{min_size}: the minimum is {min_size} px on each side')
-
-
-def read_image(path: str, size: int) -> np.ndarray:
-  """Reads an image file, checks its size and resizes it to ``size``x``size``.
-
-  Args:
-    path: image file (any format Pillow reads; grey / RGBA become RGB).
-    size: the encoder input side (also the minimum accepted side).
-
-  Returns:
-    uint8 ``[size, size, 3]``.
-
-  Raises:
-    ImageError: the file cannot be decoded, or is smaller than ``size``.
-  """
-  return read_image_sized(path, size)[0]
-
-
-def read_image_sized(path: str, size: int) -> Tuple[np.ndarray, Tuple[int, int]]:
-  """:func:`read_image` that also returns the original ``(width, height)``.
-
-  Args:
-    path: image file.
-    size: the encoder input side.
-
-  Returns:
-    ``(uint8 [size, size, 3], (width, height) before resizing)``; a
-    non-square original was squashed, not cropped.
-
-  Raises:
-    ImageError: the file cannot be decoded, or is smaller than ``size``.
-  """
-  try:
-    with Image.open(path) as img:
-      img.load()  # decode now: a truncated file fails here
-      rgb = folder.to_rgb(img)
-  except Exception as e:  # pylint: disable=broad-except
-    # Pillow raises OSError, SyntaxError, ValueError… for damaged files.
-    raise ImageError(f'unreadable image ({type(e).__name__}: {e})') from e
-  problem = too_small(rgb.shape[1], rgb.shape[0], size)
-  if problem:
-    raise ImageError(problem)
-  return folder.resize_image(rgb, size), (rgb.shape[1], rgb.shape[0])
-
-
-def squash_warning(squashed: Sequence[Tuple[str, Tuple[int, int]]], size: int) -> str:
-  """One line naming the non-square images that were squashed to a square.
-
-  Args:
-    squashed: ``(path, (width, height))`` pairs.
-    size: the square side they were resized to.
-
-  Returns:
-    The warning line (empty when nothing was squashed).
-  """
-  if not squashed:
-    return ''
-  return (f'warning: squashed {len(squashed)} non-square image(s) to {size}x{size}, which '
-          'distorts faces (the encoder expects square, aligned face crops; crop them first): '
-          + folder.list_examples([f'{p} ({w}x{h})' for p, (w, h) in squashed]))
-
-
-def find_inputs(path: str, exclude: Optional[str] = None) -> Found:
-  """Lists the image files to invert.
-
-  Symlinked folders and files are followed, but every real folder is searched
-  once and every real file listed once (by ``os.path.realpath``), under its
-  own name when it lies in the folder itself: a link cycle such as ``self ->
-  .``, a link to a sub-folder, or a second link to a photo repeats no work.
-
-  Args:
-    path: an image file or a folder (searched recursively, hidden entries
-      skipped, in sorted order).
-    exclude: a folder not to search (the output folder, when it lies inside
-      the input folder: earlier outputs are not inputs).
-
-  Returns:
-    A :class:`Found`.
-
-  Raises:
-    FileNotFoundError: ``path`` does not exist.
-  """
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'--input {path} does not exist')
-  if os.path.isfile(path):
-    return Found([(path, os.path.splitext(os.path.basename(path))[0])], [], [])
-  skip = os.path.realpath(exclude) if exclude else None
-  # Pass 1, links not followed: the real folders and files of the tree claim
-  # their own names, so a link seen earlier in sorted order cannot rename them.
-  own_dirs: Dict[str, str] = {}
-  own_files: Dict[str, str] = {}
-  for dirpath, dirnames, filenames in os.walk(path):
-    dirnames[:] = [d for d in dirnames if not d.startswith('.')
-                   and os.path.realpath(os.path.join(dirpath, d)) != skip]
-    own_dirs.setdefault(os.path.realpath(dirpath), dirpath)
-    for name in filenames:
-      file = os.path.join(dirpath, name)
-      if not name.startswith('.') and not os.path.islink(file):
-        own_files.setdefault(os.path.realpath(file), file)
-  # Pass 2, links followed, each real folder entered once.
-  inputs, ignored, duplicates, used = [], [], [], set()
-  seen_dirs, seen_files = {os.path.realpath(path)}, set()
-  for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-    keep = []
-    for d in sorted(dirnames):
-      full = os.path.join(dirpath, d)
-      real = os.path.realpath(full)
-      if d.startswith('.') or real == skip:
-        continue
-      if real in seen_dirs or own_dirs.get(real, full) != full:
-        duplicates.append(full)  # a cycle, or a folder searched under its own name
-        continue
-      seen_dirs.add(real)
-      keep.append(d)
-    dirnames[:] = keep
-    for name in sorted(filenames):
-      if name.startswith('.'):
-        continue
-      file = os.path.join(dirpath, name)
-      stem, ext = os.path.splitext(os.path.relpath(file, path))
-      if ext.lower() not in folder.IMAGE_EXTS:
-        ignored.append(file)
-        continue
-      real = os.path.realpath(file)
-      if real in seen_files or own_files.get(real, file) != file:
-        duplicates.append(file)
-        continue
-      seen_files.add(real)
-      if stem in used:  # a.jpg next to a.png: keep both outputs apart
-        stem = f'{stem}_{ext.lstrip(".").lower()}'
-      used.add(stem)
-      inputs.append((file, stem))
-  return Found(inputs, ignored, duplicates)
-
-
-def check_outputs(out_dir: str, stems: Sequence[str],
-                  suffixes: Sequence[str] = OUTPUT_SUFFIXES) -> None:
-  """Checks, before any work, that every output of the run can be written.
-
-  Args:
-    out_dir: the output folder (``--output``).
-    stems: the output stems of :func:`find_inputs`.
-    suffixes: the files written per stem.
-
-  Raises:
-    cli_utils.OutputPathError: ``out_dir`` is a file or not writable, a
-      folder stands where an output file goes, or a file where a sub-folder
-      of outputs goes.
-  """
-  cli_utils.check_output_dir(out_dir, '--output')
-  targets = [SUMMARY_FILE] + [stem + suffix for stem in stems for suffix in suffixes]
-  for rel in targets:
-    if os.path.isdir(os.path.join(out_dir, rel)):
-      raise cli_utils.OutputPathError(
-          f'--output {out_dir} holds a folder {rel} where an output file goes; move it away '
-          'or choose another --output')
-  for sub in sorted({os.path.dirname(stem) for stem in stems} - {''}):
-    cli_utils.check_output_dir(os.path.join(out_dir, sub), f'--output {out_dir}: sub-folder')
 
 
 def _write(out_dir: str, stem: str, recon, strip, latent) -> None:
@@ -286,7 +92,7 @@ def invert_files(inverter, inputs: List[Tuple[str, str]], out_dir: str,
     batch_size: images per encoder call; the last batch is padded so a
       single compiled program serves every batch.
     progress: show a tqdm progress bar (photos done).
-    detector: an MTCNN (``align.load_detector``) to align raw photos with.
+    detector: an MTCNN (``face_align.load_detector``) to align raw photos with.
 
   Returns:
     A :class:`Report`.
@@ -357,16 +163,12 @@ def _aligned_faces(detector, file: str, stem: str, taken, inverter, out_dir: str
   Raises:
     ImageError: unreadable photo, or no face in it.
   """
-  from interestyle_jax import align  # pylint: disable=g-import-not-at-top
-  try:
-    photo = align.read_photo(file)
-  except align.PhotoError as e:
-    raise ImageError(str(e)) from e
-  found = align.align_faces(detector, photo, inverter.generator.resolution)
+  photo = read_photo(file)
+  found = face_align.align_faces(detector, photo, inverter.generator.resolution)
   if not found:
-    raise ImageError(align.NO_FACE)
+    raise ImageError(face_align.NO_FACE)
   out = []
-  for name, face in zip(align.face_stems(stem, len(found), taken), found):
+  for name, face in zip(face_align.face_stems(stem, len(found), taken), found):
     editing.save_png(face.image, os.path.join(out_dir, name + ALIGNED_SUFFIX))
     out.append((name, face.image, {'file': file, **face.record(name + ALIGNED_SUFFIX)}))
   return out
@@ -423,17 +225,18 @@ def main(argv=None) -> int:
     cli_utils.check_output_dir(args.output, '--output')
     found = find_inputs(args.input, exclude=args.output)
     inputs = found.inputs
-    check_outputs(args.output, [stem for _, stem in inputs],
-                  OUTPUT_SUFFIXES + ((ALIGNED_SUFFIX,) if args.align else ()))
+    cli_utils.check_outputs(args.output, [stem for _, stem in inputs],
+                            OUTPUT_SUFFIXES + ((ALIGNED_SUFFIX,) if args.align else ()),
+                            SUMMARY_FILE)
     if args.align:
-      from interestyle_jax.align import load_detector  # pylint: disable=g-import-not-at-top
-      detector = load_detector(args.mtcnn)
+      detector = face_align.load_detector(args.mtcnn)
     from interestyle_jax.inference import load_inverter  # pylint: disable=g-import-not-at-top
     inverter = load_inverter(args.checkpoint)
   except (FileNotFoundError, artifacts.ArtifactError, cli_utils.OutputPathError) as e:
     return cli_utils.usage_error(e)
   report = invert_files(inverter, inputs, args.output, args.n_iters, args.batch_size,
                         progress=not args.no_progress, detector=detector)
+  report = report._replace(skipped=list(found.not_files) + report.skipped)
   if found.ignored:
     print(f'ignored {len(found.ignored)} file(s) without an image extension '
           f'({", ".join(folder.IMAGE_EXTS)}): {folder.list_examples(found.ignored)}')

@@ -11,6 +11,7 @@ from PIL import Image
 
 import interestyle_jax
 from interestyle_jax import editing
+from interestyle_jax import photos
 from interestyle_jax.invert import find_inputs, main as invert_main, read_image
 from tests import tiny_checkpoint as tc
 
@@ -47,7 +48,7 @@ def test_find_inputs(photo_dir):
   assert [os.path.basename(f) for f in found.ignored] == ['notes.txt']
   assert found.duplicates == []
   one = os.path.join(photo_dir, 'a.png')
-  assert find_inputs(one) == ([(one, 'a')], [], [])
+  assert find_inputs(one) == ([(one, 'a')], [], [], [])
   with pytest.raises(FileNotFoundError, match='does not exist'):
     find_inputs(os.path.join(photo_dir, 'nope'))
 
@@ -263,3 +264,52 @@ def test_help_shows_defaults_and_snake_case_flags(capsys):
   text = ' '.join(parser.format_help().split())  # unwrapped
   assert '(default: 4)' in text  # --batch_size
   assert "(default: the model's" in text
+
+
+def test_named_pipe_is_skipped_never_opened(model_dir, photo_dir, tmp_path):
+  """A FIFO named like a photo would block open() until a writer comes: it is skipped."""
+  src = tmp_path / 'with_fifo'
+  src.mkdir()
+  Image.open(os.path.join(photo_dir, 'a.png')).save(src / 'a.png')
+  os.mkfifo(src / 'fifo.png')
+  found = photos.find_inputs(str(src))
+  assert [s for _, s in found.inputs] == ['a']
+  assert [(os.path.basename(f), r) for f, r in found.not_files] == [
+      ('fifo.png', photos.NOT_A_FILE)]
+  with pytest.raises(photos.ImageError, match='not a regular file'):
+    photos.read_image(str(src / 'fifo.png'), S)
+  out = str(tmp_path / 'out')
+  base = [sys.executable, '-m', 'interestyle_jax.invert', '--checkpoint', model_dir,
+          '--no_progress', '--n_iters', '1']
+  # A timeout, not a hang, if the pipe were opened.
+  res = subprocess.run(base + ['--input', str(src), '--output', out], capture_output=True,
+                       text=True, timeout=300, cwd=tc.REPO)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert f'skipped {src / "fifo.png"}: not a regular file' in res.stderr
+  summary = json.load(open(os.path.join(out, 'summary.json')))
+  assert summary['inverted'] == ['a']
+  assert [os.path.basename(s['file']) for s in summary['skipped']] == ['fifo.png']
+  res = subprocess.run(base + ['--input', str(src / 'fifo.png'), '--output', out],
+                       capture_output=True, text=True, timeout=300, cwd=tc.REPO)
+  assert res.returncode == 2 and 'Traceback' not in res.stderr
+  assert 'is not a regular file' in res.stderr.strip().splitlines()[-1]
+
+
+def test_exif_orientation_is_applied_before_inverting(model_dir, tmp_path):
+  """A portrait stored sideways with EXIF orientation 6 is inverted upright."""
+  face = tc.photos(1, 48, seed=3)[0][:, 8:40]  # 48 x 32: portrait, so the turn shows
+  upright, turned = str(tmp_path / 'in' / 'upright.png'), str(tmp_path / 'in' / 'turned.png')
+  os.makedirs(os.path.dirname(upright))
+  Image.fromarray(face).save(upright)
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+  Image.fromarray(np.ascontiguousarray(np.rot90(face))).save(turned, exif=exif)
+  a, size_a = photos.read_image_sized(upright, S)
+  b, size_b = photos.read_image_sized(turned, S)
+  assert size_a == size_b == (32, 48)  # width x height as displayed
+  np.testing.assert_array_equal(b, a)
+  out = str(tmp_path / 'out')
+  assert invert_main(['--checkpoint', model_dir, '--input', str(tmp_path / 'in'), '--output',
+                      out, '--no_progress']) == 0
+  np.testing.assert_array_equal(np.load(os.path.join(out, 'turned.npy')),
+                                np.load(os.path.join(out, 'upright.npy')))
