@@ -155,6 +155,22 @@ def _non_finite(cfg, prefix: str) -> Iterator[Tuple[str, Any]]:
       yield path, value
 
 
+def encoder_sigmas(config: ml_collections.ConfigDict) -> Tuple[float, ...]:
+  """The filter's σ per iteration in pixels of the encoder input.
+
+  ``config.filter.sigmas`` are in pixels of the source photos
+  (``filter.source_size``); the step blurs encoder-size images.
+
+  Args:
+    config: the training config.
+
+  Returns:
+    One σ per iteration.
+  """
+  return tuple(unf.sigmas_at_size(config.filter.sigmas, config.model.encoder_size,
+                                  config.filter.source_size))
+
+
 def validate(config: ml_collections.ConfigDict, device_count: int,
              process_count: int = 1) -> None:
   """Raises ConfigError naming every invalid field.
@@ -232,7 +248,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int,
   if c.filter.source_size <= 0:
     errors.append(f'config.filter.source_size={c.filter.source_size} must be positive')
   elif len(c.filter.sigmas):
-    sig = unf.sigmas_at_size(c.filter.sigmas, size, c.filter.source_size)
+    sig = encoder_sigmas(c)
     radius = unf.kernel_radius(max(max(sig), 0.0))
     if c.filter.padding == 'reflect' and radius >= size:
       errors.append(f'config.filter.sigmas: the largest σ, {max(sig):g} px at '

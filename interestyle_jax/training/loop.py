@@ -212,7 +212,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> Dict[str, Any]:
           export(*best, 'best')
 
   train_coll = evaluation.make_collection(step_lib.train_metric_names(cfg))
-  names = evaluation.metric_names(cfg, models, config.data.source == 'synthetic')
+  names = evaluation.metric_names(cfg, models, s.synthetic)
   eval_coll = evaluation.make_collection(names)
   train_fn = make_train_fn(models, cfg, tx, mesh, train_coll)
   eval_fn = make_eval_fn(models, cfg, mesh, eval_coll)
@@ -320,7 +320,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> Dict[str, Any]:
     if ckpt.best_step() is None:
       ckpt.maybe_save_best(start, state, final['loss'])
   families = {}
-  if config.data.source == 'synthetic':
+  if s.synthetic:
     # Uninterest content never seen in training: does the encoder ignore it too?
     for family in config.synthetic.test_families:
       with report_progress.timed('eval'):

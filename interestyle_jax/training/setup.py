@@ -18,10 +18,9 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from interestyle_jax import artifacts, losses, synthetic
-from interestyle_jax import filter as unf
 from interestyle_jax.models.encoder import BackboneEncoder
 from interestyle_jax.ops.pooling import adaptive_avg_pool2d
-from interestyle_jax.training.config import ConfigError
+from interestyle_jax.training.config import ConfigError, encoder_sigmas
 from interestyle_jax.training.step import Models, StepConfig, scan_unroll
 
 AXIS = 'batch'
@@ -41,6 +40,8 @@ class Setup:
     generator_kwargs: Generator keyword arguments (for the export).
     step_config: static step settings (axis 'batch').
     world: the synthetic World, or None with a converted generator.
+    synthetic: the data come from the synthetic world (``config.data.source``;
+      decided here once for the iterators, the metrics and the loop).
   """
   models: Models
   frozen: Dict[str, Any]
@@ -49,6 +50,7 @@ class Setup:
   generator_kwargs: Dict[str, Any]
   step_config: StepConfig
   world: Optional[synthetic.World]
+  synthetic: bool = False
 
 
 def _generator(config):
@@ -113,8 +115,7 @@ def step_config(config, axis_name: Optional[str] = AXIS) -> StepConfig:
   """
   return StepConfig(
       n_iters=config.model.n_iters,
-      sigmas=unf.sigmas_at_size(config.filter.sigmas, config.model.encoder_size,
-                                config.filter.source_size),
+      sigmas=encoder_sigmas(config),
       filter_region=config.filter.region, filter_padding=config.filter.padding,
       loss_iterations=config.loss.iterations, loss_region=config.loss.region,
       weights=losses.LossWeights.from_config(config.loss),
@@ -158,7 +159,8 @@ def build(config) -> Setup:
   train_gen = gen.clone(remat=bool(config.remat)) if config.remat else gen
   return Setup(models=Models(encoder, train_gen, lpips_mod, arc_mod), frozen=frozen,
                encoder_variables=enc_vars, encoder_kwargs=encoder_kwargs,
-               generator_kwargs=gen_kwargs, step_config=step_config(config), world=world)
+               generator_kwargs=gen_kwargs, step_config=step_config(config), world=world,
+               synthetic=config.data.source == 'synthetic')
 
 
 def make_mesh() -> Mesh:
@@ -201,7 +203,7 @@ def train_iterator(config, setup: Setup, start_step: int) -> Iterator[Dict[str, 
   Returns:
     Iterator of process-local ``[local_devices, per_device, …]`` batches.
   """
-  if config.data.source == 'synthetic':
+  if setup.synthetic:
     return synthetic.train_iterator(setup.world, config.batch_size, config.seed, start_step)
   from interestyle_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   # tf.data's position is not checkpointed: a resumed run reshuffles with a
@@ -224,7 +226,7 @@ def eval_iterator_fn(config, setup: Setup, families: Optional[Tuple[str, ...]] =
     Callable with no arguments.
   """
   cap = config.max_eval_batches or None
-  if config.data.source == 'synthetic':
+  if setup.synthetic:
     held = synthetic.heldout_set(setup.world, config.synthetic.num_heldout,
                                  config.synthetic.heldout_seed,
                                  # the global batch: the set must not depend on
