@@ -22,12 +22,13 @@ per log interval and per validation and a closing summary (``logs``).
 """
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
 import signal
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import numpy as np
@@ -171,31 +172,92 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     return _train_and_evaluate(config, workdir, t_start)
 
 
-def _train_and_evaluate(config, workdir: str, t_start: float) -> Dict[str, Any]:
-  """The run itself, in a locked and checked workdir (see train_and_evaluate)."""
-  lead = jax.process_index() == 0
-  writer = logs.make_writer(workdir, lead)
+@dataclasses.dataclass
+class _Job:
+  """What a run holds fixed while its TrainState changes (the loop's helpers take the state).
 
-  s = setup_lib.build(config)
-  cfg, models = s.step_config, s.models
-  mesh = setup_lib.make_mesh()
-  tx = state_lib.make_optimizer(config.optim)
-  state = setup_lib.replicate(
-      jax.jit(lambda v: state_lib.create_train_state(v, tx))(s.encoder_variables), mesh)
-  frozen = setup_lib.replicate(s.frozen, mesh)
+  Attributes:
+    config: the training config.
+    workdir: the locked workdir.
+    lead: this is process 0, which writes logs, images, JSON and the export.
+    setup: the built models, constants and world.
+    mesh: the device mesh.
+    frozen: the replicated constants.
+    writer: the clu metric writer (a no-op on other processes).
+    ckpt: the Checkpointer.
+    progress: clu's progress reporter (also times evaluations and saves).
+    eval_fn: from :func:`make_eval_fn`.
+    vis_fn: the jitted image-grid panels.
+    eval_batches: a fresh validation iterator per call.
+    grid_rows: the validation rows shown in the eval grids.
+  """
+  config: Any
+  workdir: str
+  lead: bool
+  setup: setup_lib.Setup
+  mesh: Any
+  frozen: Any
+  writer: Any
+  ckpt: Any = None
+  progress: Any = None
+  eval_fn: Any = None
+  vis_fn: Any = None
+  eval_batches: Any = None
+  grid_rows: Any = None
 
-  def export(step, exported, which):
+  def export(self, state, step: int, which: str) -> None:
+    """Writes WORKDIR/inference from ``state`` ('latest' or 'best')."""
+    s = self.setup
     checkpointing.export_inference(
-        workdir, s.encoder_kwargs, s.generator_kwargs, exported.encoder_variables,
-        s.frozen['generator'], s.frozen['latent_avg'], config.model.encoder_size,
-        config.model.n_iters, step, extra_meta={'export': which})
-    if lead:
+        self.workdir, s.encoder_kwargs, s.generator_kwargs, state.encoder_variables,
+        s.frozen['generator'], s.frozen['latent_avg'], self.config.model.encoder_size,
+        self.config.model.n_iters, step, extra_meta={'export': which})
+    if self.lead:
       logging.info('Exported the %s state (step %d) to %s', which, step,
-                   os.path.join(workdir, checkpointing.INFERENCE_DIR))
+                   os.path.join(self.workdir, checkpointing.INFERENCE_DIR))
 
-  # config.export='best': inference/ follows best/, rewritten when it changes.
-  on_best = (lambda step, best: export(step, best, 'best')) if config.export == 'best' else None
-  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, on_new_best=on_best)
+  def evaluate(self, state, step: int, families: Optional[Tuple[str, ...]] = None):
+    """One validation pass (of held-out ``families`` if given), logged; returns the averages."""
+    batches = (self.eval_batches() if families is None else
+               setup_lib.eval_iterator_fn(self.config, self.setup, families)())
+    with self.progress.timed('eval'):
+      result = evaluate(self.eval_fn, state, self.frozen, batches, self.mesh)
+    prefix = 'eval' if families is None else f'eval_{"_".join(families)}'
+    self.writer.write_scalars(step, {f'{prefix}/{k}': v for k, v in result.items()})
+    if families is None:
+      logging.info('%s', logs.format_eval(step, result))
+      self.write_grid(state, 'eval', step, self.grid_rows)
+    else:
+      logging.info('Held-out family %s: %s', ', '.join(families),
+                   logs.format_eval(step, result))
+    return result
+
+  def write_grid(self, state, kind: str, step: int, rows) -> None:
+    """An image grid of ``rows`` to TensorBoard and images/ (process 0 only)."""
+    if not self.lead:  # only process 0 writes images: the others skip the computation
+      return
+    # This process's copy of the replicated state: a local program, no collective.
+    local = jax.tree.map(lambda a: a.addressable_data(0), (state, self.frozen))
+    panels = self.vis_fn(*local, rows, apply_filter=kind == 'train')
+    grid = grids.render(grids.columns(jax.device_get(panels), filtered=kind == 'train'))
+    self.writer.write_images(step, {f'{kind}/grid': grid[None]})
+    grids.write_png(self.workdir, kind, step, grid)
+
+  def save(self, state, step: int) -> None:
+    """The step's checkpoint (every process), and the export with config.export='latest'."""
+    with self.progress.timed('checkpoint'):
+      if self.ckpt.save(step, state) and self.config.export == 'latest':
+        self.export(state, step, 'latest')
+
+  def close(self) -> None:
+    self.ckpt.wait()
+    self.ckpt.close()
+    self.writer.flush()
+
+
+def _restore(job: _Job, state):
+  """The newest intact checkpoint (or ``state``), with inference/ brought up to date."""
+  config, ckpt = job.config, job.ckpt
   restored = ckpt.restore_latest(state)  # falls back past damaged checkpoints
   if restored is not None:
     state = restored
@@ -203,137 +265,95 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> Dict[str, Any]:
   start = int(state.step)
   if start > 0:  # inference/ may be deleted, stale, or hold the other config.export
     want = start if config.export == 'latest' else ckpt.best_step()
-    if want is not None and checkpointing.exported(workdir) != (config.export, want):
+    if want is not None and checkpointing.exported(job.workdir) != (config.export, want):
       if config.export == 'latest':
-        export(start, state, 'latest')
+        job.export(state, start, 'latest')
       else:
         best = ckpt.restore_best(state)
         if best is not None:
-          export(*best, 'best')
+          job.export(best[1], best[0], 'best')
+  return state
 
-  train_coll = evaluation.make_collection(step_lib.train_metric_names(cfg))
-  names = evaluation.metric_names(cfg, models, s.synthetic)
-  eval_coll = evaluation.make_collection(names)
-  train_fn = make_train_fn(models, cfg, tx, mesh, train_coll)
-  eval_fn = make_eval_fn(models, cfg, mesh, eval_coll)
-  vis_fn = xla_options.jit(functools.partial(evaluation.visualize, models=models, cfg=cfg),
-                           static_argnames='apply_filter')
-  eval_batches = setup_lib.eval_iterator_fn(config, s)
-  grid_rows = next(iter(eval_batches()))
-  grid_rows = _local_rows(grid_rows, config.num_grid_images)
-  noise_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
 
-  def run_eval(step):
-    with report_progress.timed('eval'):
-      result = evaluate(eval_fn, state, frozen, eval_batches(), mesh)
-    writer.write_scalars(step, {f'eval/{k}': v for k, v in result.items()})
-    logging.info('%s', logs.format_eval(step, result))
-    write_grid('eval', step, grid_rows)
-    return result
+def _initial_metrics(job: _Job, state) -> Dict[str, float]:
+  """The step-0 validation: run and saved by a new run, read back by a resumed one."""
+  start = int(state.step)
+  path = os.path.join(job.workdir, INITIAL_METRICS)
+  if start == 0:
+    initial = job.evaluate(state, 0)
+    if job.lead:
+      _write_json(path, {'step': 0, 'eval': initial})
+    return initial
+  if start == _pending_eval(job.workdir):
+    # Preempted at this step before its validation: run it now, so the
+    # metrics and best/ come out as in an uninterrupted run.
+    pending = job.evaluate(state, start)
+    job.ckpt.maybe_save_best(start, state, pending['loss'])
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)['eval']
 
-  def write_grid(kind, step, rows):
-    if not lead:  # only process 0 writes images: the others skip the computation
-      return
-    # This process's copy of the replicated state: a local program, no collective.
-    local = jax.tree.map(lambda a: a.addressable_data(0), (state, frozen))
-    panels = vis_fn(*local, rows, apply_filter=kind == 'train')
-    grid = grids.render(grids.columns(jax.device_get(panels), filtered=kind == 'train'))
-    writer.write_images(step, {f'{kind}/grid': grid[None]})
-    grids.write_png(workdir, kind, step, grid)
 
-  def save(step):
-    with report_progress.timed('checkpoint'):
-      if ckpt.save(step, state) and config.export == 'latest':
-        export(step, state, 'latest')
+def _train(job: _Job, state, train_fn):
+  """Steps from ``state.step`` to num_train_steps; returns ``(state, last validation)``.
 
-  report_progress = logs.ReportProgress(
-      num_train_steps=config.num_train_steps, writer=writer,
-      every_steps=config.log_every_steps, every_secs=None)
-  hooks = [report_progress]
-  if lead and config.profile_steps > 0:
+  Raises:
+    Preempted: after SIGTERM / SIGINT, once the stopping step is saved.
+  """
+  config, ckpt, s = job.config, job.ckpt, job.setup
+  start, last = int(state.step), config.num_train_steps
+  hooks = [job.progress]
+  if job.lead and config.profile_steps > 0:
     # Traces exactly profile_steps steps (no minimum duration), from the 10th.
-    hooks.append(periodic_actions.Profile(logdir=workdir,
+    hooks.append(periodic_actions.Profile(logdir=job.workdir,
                                           num_profile_steps=config.profile_steps,
                                           profile_duration_ms=None,
                                           first_profile=start + 10))
-  initial_path = os.path.join(workdir, INITIAL_METRICS)
-  if start == 0:
-    initial = run_eval(0)
-    if lead:
-      _write_json(initial_path, {'step': 0, 'eval': initial})
-  elif os.path.exists(initial_path):
-    with open(initial_path) as f:
-      initial = json.load(f)['eval']
-  else:
-    initial = {}
-  if start > 0 and _pending_eval(workdir) == start:
-    # Preempted at this step before its validation: run it now, so the
-    # metrics and best/ come out as in an uninterrupted run.
-    pending = run_eval(start)
-    ckpt.maybe_save_best(start, state, pending['loss'])
-
-  final = None
-  last = config.num_train_steps
+  noise_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
   train_iter = setup_lib.train_iterator(config, s, start)
-  acc = compiled = None
+  final = acc = compiled = None
   logging.info('Training steps %d..%d', start + 1, last)
   with preemption.PreemptionWatch(start, ckpt.latest.reached_preemption) as watch:
     for step in range(start + 1, last + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         local = next(train_iter)
-        batch = setup_lib.shard_batch(local, mesh)
+        batch = setup_lib.shard_batch(local, job.mesh)
         if compiled is None:  # ahead of time, to free the compiler's memory before it runs
-          compiled = xla_options.compile_and_release(train_fn, state, frozen, batch,
+          compiled = xla_options.compile_and_release(train_fn, state, job.frozen, batch,
                                                      noise_rng)
-        state, metrics = compiled(state, frozen, batch, noise_rng)
+        state, metrics = compiled(state, job.frozen, batch, noise_rng)
       acc = metrics if acc is None else acc.merge(metrics)
       if step % config.log_every_steps == 0 or step == last:
         scalars = {k: float(v) for k, v in acc.compute().items()}
-        writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
-        report_progress.scalars = scalars  # shown in the progress line
+        job.writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
+        job.progress.scalars = scalars  # shown in the progress line
         acc = None
       for hook in hooks:
         hook(step)
       if step < last and watch.reached(step):  # every process stops at this step
         # The step's checkpoint first and alone: the grace period before the
         # kill can be short. A validation due now runs when the run resumes.
-        save(step)
+        job.save(state, step)
         ckpt.wait()
-        _write_preempted(workdir, step, watch.signum,
-                         pending_eval=step % config.eval_every_steps == 0, lead=lead)
-        ckpt.close()
-        writer.flush()
+        _write_preempted(job.workdir, step, watch.signum,
+                         pending_eval=step % config.eval_every_steps == 0, lead=job.lead)
+        job.close()
         raise preemption.Preempted(step, watch.signum)
       if step % config.image_every_steps == 0 or step == last:
-        write_grid('train', step, _local_rows(local, config.num_grid_images))
+        job.write_grid(state, 'train', step, _local_rows(local, config.num_grid_images))
       if step % config.eval_every_steps == 0 or step == last:
-        final = run_eval(step)
-        if ckpt.maybe_save_best(step, state, final['loss']) and lead:
+        final = job.evaluate(state, step)
+        if ckpt.maybe_save_best(step, state, final['loss']) and job.lead:
           logging.info('New best validation loss %.5g at step %d (best/%d)', final['loss'],
                        step, step)
       if step % config.checkpoint_every_steps == 0 or step == last:
-        save(step)
-  if final is None:  # already trained to num_train_steps: re-evaluate only
-    final = run_eval(start)
-    # Nothing is saved again (inference/ was brought up to date at start-up),
-    # except a best/ lost to damage: this evaluation is the only candidate.
-    if ckpt.best_step() is None:
-      ckpt.maybe_save_best(start, state, final['loss'])
-  families = {}
-  if s.synthetic:
-    # Uninterest content never seen in training: does the encoder ignore it too?
-    for family in config.synthetic.test_families:
-      with report_progress.timed('eval'):
-        families[family] = evaluate(
-            eval_fn, state, frozen, setup_lib.eval_iterator_fn(config, s, (family,))(), mesh)
-      writer.write_scalars(int(state.step), {f'eval_{family}/{k}': v
-                                             for k, v in families[family].items()})
-      logging.info('Held-out family %s: %s', family, logs.format_eval(int(state.step),
-                                                                        families[family]))
-  ckpt.wait()
-  ckpt.close()
-  writer.flush()
+        job.save(state, step)
+  return state, final
 
+
+def _report(state, final, initial, families, t_start: float) -> Dict[str, Any]:
+  """The final metrics: validation, its ratios to step 0 and to the average image."""
   report = {'step': int(state.step), 'eval': final, 'initial_eval': initial,
             'wall_time_s': time.time() - t_start, 'devices': jax.device_count()}
   if families:
@@ -345,6 +365,53 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> Dict[str, Any]:
     report['avg_image_mse_interest'] = final['mse_interest_it0']
     report['mse_interest_ratio_to_avg_image'] = (final['mse_interest'] /
                                                  final['mse_interest_it0'])
+  return report
+
+
+def _train_and_evaluate(config, workdir: str, t_start: float) -> Dict[str, Any]:
+  """The run itself, in a locked and checked workdir (see train_and_evaluate)."""
+  lead = jax.process_index() == 0
+  s = setup_lib.build(config)
+  cfg, models = s.step_config, s.models
+  mesh = setup_lib.make_mesh()
+  tx = state_lib.make_optimizer(config.optim)
+  state = setup_lib.replicate(
+      jax.jit(lambda v: state_lib.create_train_state(v, tx))(s.encoder_variables), mesh)
+  job = _Job(config, workdir, lead, s, mesh, setup_lib.replicate(s.frozen, mesh),
+             logs.make_writer(workdir, lead))
+  # config.export='best': inference/ follows best/, rewritten when it changes.
+  on_best = ((lambda step, best: job.export(best, step, 'best'))
+             if config.export == 'best' else None)
+  job.ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, on_new_best=on_best)
+  job.progress = logs.ReportProgress(num_train_steps=config.num_train_steps,
+                                     writer=job.writer, every_steps=config.log_every_steps,
+                                     every_secs=None)
+  job.eval_fn = make_eval_fn(
+      models, cfg, mesh, evaluation.make_collection(evaluation.metric_names(cfg, models,
+                                                                              s.synthetic)))
+  job.vis_fn = xla_options.jit(functools.partial(evaluation.visualize, models=models, cfg=cfg),
+                               static_argnames='apply_filter')
+  job.eval_batches = setup_lib.eval_iterator_fn(config, s)
+  job.grid_rows = _local_rows(next(iter(job.eval_batches())), config.num_grid_images)
+  train_fn = make_train_fn(models, cfg, tx, mesh,
+                           evaluation.make_collection(step_lib.train_metric_names(cfg)))
+
+  state = _restore(job, state)
+  start = int(state.step)
+  initial = _initial_metrics(job, state)
+  state, final = _train(job, state, train_fn)
+  if final is None:  # already trained to num_train_steps: re-evaluate only
+    final = job.evaluate(state, start)
+    # Nothing is saved again (inference/ was brought up to date at start-up),
+    # except a best/ lost to damage: this evaluation is the only candidate.
+    if job.ckpt.best_step() is None:
+      job.ckpt.maybe_save_best(start, state, final['loss'])
+  # Uninterest content never seen in training: does the encoder ignore it too?
+  families = {family: job.evaluate(state, int(state.step), (family,))
+              for family in (config.synthetic.test_families if s.synthetic else ())}
+  job.close()
+
+  report = _report(state, final, initial, families, t_start)
   if lead:
     _write_json(os.path.join(workdir, FINAL_METRICS), report)
     if os.path.exists(os.path.join(workdir, PREEMPTED)):
