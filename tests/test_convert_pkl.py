@@ -71,6 +71,7 @@ def test_cli_conversion_matches_reference(res, kw, tmp_path, capsys):
   assert convert_main(['stylegan2', src, str(dst)]) == 0
   out = capsys.readouterr().out
   gen, v, lat = load_stylegan2(str(dst))
+  hash(gen)  # model.json's lists become tuples: jit / lru_cache keys stay hashable
   # w_avg becomes latent_avg exactly.
   np.testing.assert_array_equal(np.asarray(lat), ref.mapping.w_avg.numpy()[None])
   w = ws_for(ref)
@@ -197,12 +198,13 @@ def test_hostile_reduce_runs_nothing(payload, global_name, tmp_path, capsys):
   assert marker.exists()
 
 
-def test_persistence_layout_is_read_as_data(tmp_path, capsys):
+@pytest.mark.parametrize('protocol', [2, 3, 4, 5])
+def test_persistence_layout_is_read_as_data(protocol, tmp_path, capsys):
   """module_src is the code NVIDIA's unpickler execs: here it stays a string."""
   marker = tmp_path / 'ran'
   code = f'open({str(marker)!r}, "w").write("module_src ran")\n'
   ref = make_ref(32, seed=2)
-  src = write_snapshot(tmp_path / 'ffhq.pkl', ref, module_src=code)
+  src = write_snapshot(tmp_path / 'ffhq.pkl', ref, module_src=code, protocol=protocol)
   assert code.encode() in open(src, 'rb').read()
   top = nvidia_pkl.load_network_pickle(src)
   g = top['G_ema']

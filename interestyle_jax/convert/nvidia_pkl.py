@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 
-from interestyle_jax.convert.common import _TRUST, ConversionError, require_torch
+from interestyle_jax.convert.common import ConversionError, checkpoints_trusted, require_torch
 
 # torch.save's legacy (non-zip) format starts with this pickled magic number.
 _LEGACY_TORCH_MAGIC = 0x1950a86a20f9469cfc6c
@@ -172,7 +172,14 @@ def _numpy_reconstruct(cls, shape, typecode):
   return np.ndarray.__new__(np.ndarray, shape, typecode)
 
 
+def _latin1_bytes(text, encoding='latin1'):
+  # Protocol 2 stores bytes as _codecs.encode(str, 'latin1').
+  _check(isinstance(text, str) and encoding in ('latin1', 'latin-1'), '_codecs.encode')
+  return text.encode('latin1')
+
+
 _SAFE = {
+    ('_codecs', 'encode'): _latin1_bytes,
     ('torch_utils.persistence', '_reconstruct_persistent_obj'): _rebuild_persistent,
     ('dnnlib.util', 'EasyDict'): EasyDict,
     ('dnnlib', 'EasyDict'): EasyDict,
@@ -250,7 +257,7 @@ def load_network_pickle(path: str) -> Dict[str, Any]:
   """
   torch = require_torch()
   with open(path, 'rb') as f:
-    if _TRUST.get():
+    if checkpoints_trusted():
       try:
         obj = _as_data(pickle.load(f), torch)  # runs the file's code: the user's choice
       except ImportError as e:
