@@ -36,6 +36,7 @@ def write_snapshot(path, g_ema, g=None, **kw):
   d = ref_ada.Persistent()  # a stand-in discriminator: other networks are read as data too
   d.__class__ = type('Discriminator', (ref_ada.Persistent,), {})
   d.weight = torch.nn.Parameter(torch.ones(2))
+  d.table = np.arange(3.0)  # numpy arrays and scalars are data too
   nvidia_pickle.dump({'G': g if g is not None else copy.deepcopy(g_ema), 'D': d,
                       'G_ema': g_ema, 'augment_pipe': None,
                       'training_set_kwargs': {'path': 'x.zip', 'resolution': 32}}, path, **kw)
@@ -210,6 +211,8 @@ def test_persistence_layout_is_read_as_data(protocol, tmp_path, capsys):
   g = top['G_ema']
   assert isinstance(g, nvidia_pkl.PersistentObject) and g.class_name == 'Generator'
   assert g.module_src == code and top['D'].class_name == 'Discriminator'
+  np.testing.assert_array_equal(top['D'].attr('table'), np.arange(3.0))
+  assert float(g.children()['mapping'].children()['fc0'].attr('bias_gain')) == 0.01
   assert isinstance(top['training_set_kwargs'], dict)
   assert g.attr('_init_kwargs')['synthesis_kwargs']['channel_max'] == 32  # an EasyDict
   assert convert_main(['stylegan2', src, str(tmp_path / 'o')]) == 0

@@ -167,8 +167,12 @@ def _numpy_scalar(dtype, data=None):
   return np.frombuffer(bytes(data), dtype)[0]
 
 
+class _NdarrayName:
+  """What ``numpy.ndarray`` unpickles to: a name for ``_reconstruct``, not a callable."""
+
+
 def _numpy_reconstruct(cls, shape, typecode):
-  _check(cls is np.ndarray, 'numpy _reconstruct')
+  _check(cls is _NdarrayName, 'numpy _reconstruct')
   return np.ndarray.__new__(np.ndarray, shape, typecode)
 
 
@@ -176,6 +180,15 @@ def _latin1_bytes(text, encoding='latin1'):
   # Protocol 2 stores bytes as _codecs.encode(str, 'latin1').
   _check(isinstance(text, str) and encoding in ('latin1', 'latin-1'), '_codecs.encode')
   return text.encode('latin1')
+
+
+def _numpy_frombuffer(buf, dtype, shape, order):
+  # Protocol 5 stores arrays as numpy's _frombuffer(bytes, dtype, shape, order).
+  _check(isinstance(buf, (bytes, bytearray, pickle.PickleBuffer)) and isinstance(dtype, np.dtype)
+         and not dtype.hasobject and isinstance(shape, tuple)
+         and all(isinstance(n, int) for n in shape) and order in ('C', 'F'),
+         'numpy _frombuffer')
+  return np.frombuffer(bytes(buf), dtype).reshape(shape, order=order).copy()
 
 
 _SAFE = {
@@ -189,11 +202,13 @@ _SAFE = {
     ('__builtin__', 'set'): builtins.set,
     ('__builtin__', 'frozenset'): builtins.frozenset,
     ('numpy', 'dtype'): np.dtype,
-    ('numpy', 'ndarray'): np.ndarray,
+    ('numpy', 'ndarray'): _NdarrayName,
     ('numpy.core.multiarray', 'scalar'): _numpy_scalar,
     ('numpy._core.multiarray', 'scalar'): _numpy_scalar,
     ('numpy.core.multiarray', '_reconstruct'): _numpy_reconstruct,
     ('numpy._core.multiarray', '_reconstruct'): _numpy_reconstruct,
+    ('numpy.core.numeric', '_frombuffer'): _numpy_frombuffer,
+    ('numpy._core.numeric', '_frombuffer'): _numpy_frombuffer,
 }
 
 # Globals that mean a known kind of file this reader does not take.
