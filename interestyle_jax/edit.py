@@ -17,6 +17,11 @@ Sources are photos (inverted with the checkpoint) or W+ latents saved by
     python -m interestyle_jax.edit interpolate --checkpoint ckpt/interestyle \\
         --source a.jpg --target b.jpg --steps 8 --output lerp.png
 
+    # Directions of any generator, found in closed form (SeFa): sefa_NN.npy for
+    # `edit direction`, sefa_NN.png grids at ± strengths, sefa.json.
+    python -m interestyle_jax.edit sefa --generator ckpt/stylegan2-ffhq \\
+        --layers 0:8 --num 5 --output sefa/
+
 Layer ranges are ``START:STOP`` style indices (stop exclusive). A header row
 labels the columns; a ``.npy`` source has no photo (grey input cell).
 ``--save_latents`` also writes the edited latents (the rendered columns, not
@@ -37,7 +42,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from interestyle_jax import artifacts, cli_utils, editing
+from interestyle_jax import artifacts, cli_utils, editing, sefa
 from interestyle_jax.invert import ImageError, read_image_sized, squash_warning
 
 
@@ -267,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
   q.add_argument('--source', required=True, help='photo or .npy latent (first column)')
   q.add_argument('--target', required=True, help='photo or .npy latent (last column)')
   q.add_argument('--steps', type=int, default=8, help='columns, endpoints included (>= 2)')
+
+  q = sub.add_parser('sefa', formatter_class=fmt,
+                     help='closed-form directions (SeFa) of a generator: direction files for '
+                          '`edit direction` and grids')
+  sefa.add_arguments(q)
   return p
 
 
@@ -280,6 +290,8 @@ def main(argv=None) -> int:
     0 on success, 2 for an unusable checkpoint, input, direction or argument.
   """
   args = build_parser().parse_args(argv)
+  if args.command == 'sefa':
+    return sefa.main(args)
   try:
     check_output_paths(args)
     latents, grid = run(args)

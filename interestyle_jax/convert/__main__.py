@@ -19,7 +19,8 @@ from interestyle_jax.convert.common import (ConversionError, PathError,
 # kind -> (module, help). Each module exposes ``convert(src, dst, overwrite, **extra)``.
 CONVERTERS = {
     'stylegan2': ('interestyle_jax.convert.stylegan2',
-                  'StyleGAN2 generator (.pt with g_ema [+ latent_avg], or a bare state dict)'),
+                  'StyleGAN2 generator (.pt with g_ema [+ latent_avg], a bare state dict, '
+                  'or an NVIDIA StyleGAN2-ADA / StyleGAN3-stylegan2 network .pkl)'),
     'restyle': ('interestyle_jax.convert.restyle',
                 'ReStyle-pSp / IntereStyle checkpoint (.pt with state_dict, latent_avg, opts)'),
     'irse50': ('interestyle_jax.convert.irse50',

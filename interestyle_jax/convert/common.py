@@ -116,6 +116,11 @@ def trust_checkpoints(trust: bool = True):
     _TRUST.reset(token)
 
 
+def checkpoints_trusted() -> bool:
+  """Whether the current conversion runs under ``--trust_checkpoint``."""
+  return _TRUST.get()
+
+
 def load_torch_checkpoint(path_or_obj: Union[str, Mapping[str, Any]]) -> Mapping[str, Any]:
   """Loads a PyTorch checkpoint file (or passes a loaded dict through).
 

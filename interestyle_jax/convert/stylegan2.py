@@ -1,4 +1,10 @@
-"""StyleGAN2 (PyTorch port, ``g_ema``) → Flax :class:`Generator`."""
+"""StyleGAN2 (PyTorch port ``g_ema``, or an NVIDIA ``.pkl``) → Flax :class:`Generator`.
+
+``convert stylegan2 SRC DST`` tells the two by the file's bytes: a
+``torch.save`` file (zip, or the legacy stream) is the rosinality port's
+checkpoint; any other pickle is an NVIDIA StyleGAN2-ADA / StyleGAN3 network
+snapshot, read as data by :mod:`interestyle_jax.convert.stylegan2_ada`.
+"""
 
 from typing import Any, Dict, Mapping, Tuple, Union
 
@@ -7,14 +13,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from interestyle_jax import artifacts
+from interestyle_jax.convert import nvidia_pkl, stylegan2_ada
 from interestyle_jax.convert.common import (IGNORE, ConversionError, assign_state_dict,
                                             check_output_location, count_indexed,
                                             load_torch_checkpoint, non_finite_entries,
                                             to_numpy, warn_non_finite)
-from interestyle_jax.models.stylegan2 import Generator, n_styles_for
+from interestyle_jax.models.stylegan2 import Generator, generator_config, n_styles_for
 from interestyle_jax.ops import make_kernel
 
 KIND = 'stylegan2'
+SRC_HELP = ('rosinality .pt (g_ema + latent_avg) or an NVIDIA StyleGAN2-ADA / StyleGAN3 '
+            '(--cfg=stylegan2) network .pkl, told apart by the file\'s bytes')
+
+
+def add_arguments(parser) -> None:
+  """``--network`` for NVIDIA pickles."""
+  parser.add_argument('--network', default='G_ema', choices=('G_ema', 'G'),
+                      help='which generator of an NVIDIA .pkl to convert (G_ema: the '
+                           'averaged weights every release uses)')
 
 
 def generator_state_dict(ckpt: Mapping[str, Any], source: str = 'checkpoint'):
@@ -137,7 +153,8 @@ def load_torch_stylegan2(path_or_state_dict: Union[str, Mapping[str, Any]],
 
   Args:
     path_or_state_dict: a ``.pt`` file (``g_ema`` + ``latent_avg``), a loaded
-      checkpoint dict, or a bare generator state dict.
+      checkpoint dict, a bare generator state dict, or an NVIDIA network
+      ``.pkl`` (its ``G_ema``, read as data).
     return_latent_avg: also return ``latent_avg`` (None when absent).
 
   Returns:
@@ -145,6 +162,9 @@ def load_torch_stylegan2(path_or_state_dict: Union[str, Mapping[str, Any]],
     ``(generator_module, variables, latent_avg)``.
   """
   source = path_or_state_dict if isinstance(path_or_state_dict, str) else 'state dict'
+  if isinstance(path_or_state_dict, str) and nvidia_pkl.is_network_pickle(path_or_state_dict):
+    return stylegan2_ada.load_nvidia_stylegan2(path_or_state_dict,
+                                               return_latent_avg=return_latent_avg)
   ckpt = load_torch_checkpoint(path_or_state_dict)
   sd, latent_avg = generator_state_dict(ckpt, source)
   config, variables = convert_state_dict(sd, source)
@@ -155,27 +175,38 @@ def load_torch_stylegan2(path_or_state_dict: Union[str, Mapping[str, Any]],
   return gen, variables
 
 
-def convert(src: str, dst: str, overwrite: bool = False) -> str:
+def convert(src: str, dst: str, overwrite: bool = False, network: str = 'G_ema') -> str:
   """``convert stylegan2 SRC DST``: writes a model directory.
 
   Args:
-    src: the PyTorch checkpoint.
+    src: the rosinality ``.pt`` or an NVIDIA network ``.pkl``.
     dst: output directory (written atomically).
     overwrite: replace an existing ``dst``.
+    network: which generator of a ``.pkl`` ('G_ema' or 'G').
 
   Returns:
     The output path.
   """
   check_output_location(dst)  # before the slow part
-  ckpt = load_torch_checkpoint(src)
-  sd, latent_avg = generator_state_dict(ckpt, src)
-  config, variables = convert_state_dict(sd, src)
+  meta = {'kind': KIND, 'source': str(src)}
+  if nvidia_pkl.is_network_pickle(src):
+    config, variables, latent_avg, notes = stylegan2_ada.read_network(src, network)
+    meta.update(source_format=f'nvidia-pkl:{network}', notes=notes)
+    for note in notes:
+      print(f'note: {note}')
+  else:
+    if network != 'G_ema':
+      raise ConversionError(f'--network {network} applies to NVIDIA .pkl files; {src} is a '
+                            'PyTorch checkpoint (its generator is g_ema)')
+    ckpt = load_torch_checkpoint(src)
+    sd, latent_avg = generator_state_dict(ckpt, src)
+    config, variables = convert_state_dict(sd, src)
   tree = {'generator': variables}
   if latent_avg is not None:
     latent_avg = latent_avg.reshape(-1, config['style_dim'])
     tree['latent_avg'] = latent_avg
-  meta = {'kind': KIND, 'generator': config, 'has_latent_avg': latent_avg is not None,
-          'source': str(src)}
+  meta.update(generator=generator_config(Generator(**config)),
+              has_latent_avg=latent_avg is not None)
   return artifacts.save_artifact(dst, tree, meta, overwrite=overwrite)
 
 

@@ -135,11 +135,13 @@ def list_files(folder: str, exts: Sequence[str]) -> Dict[str, str]:
   return found
 
 
-def pair_folder(root: str) -> List[Pair]:
+def pair_folder(root: str, masks: bool = True) -> List[Pair]:
   """Pairs ``root/images`` with ``root/masks`` by file stem.
 
   Args:
     root: dataset root holding ``images/`` and ``masks/``.
+    masks: False reads ``images/`` alone (no ``masks/`` needed): every pair's
+      ``mask_path`` is '' and its mask is all interest.
 
   Returns:
     The pairs, sorted by stem.
@@ -150,8 +152,10 @@ def pair_folder(root: str) -> List[Pair]:
       on each side.
   """
   img_dir, mask_dir = _join(root, IMAGES_SUBDIR), _join(root, MASKS_SUBDIR)
-  for d, what in ((img_dir, 'images (.png/.jpg/.jpeg/.webp)'),
-                  (mask_dir, 'masks (.png, same stem as the image)')):
+  dirs = [(img_dir, 'images (.png/.jpg/.jpeg/.webp)')]
+  if masks:
+    dirs.append((mask_dir, 'masks (.png, same stem as the image)'))
+  for d, what in dirs:
     if not _isdir(d):
       hint = ''
       if os.path.basename(root.rstrip('/')) in (IMAGES_SUBDIR, MASKS_SUBDIR):
@@ -161,9 +165,11 @@ def pair_folder(root: str) -> List[Pair]:
           f'put the {what} there (masks are made with '
           '`python -m interestyle_jax.data.make_masks`).')
   images = list_files(img_dir, IMAGE_EXTS)
-  masks = list_files(mask_dir, MASK_EXTS)
   if not images:
     raise DataValidationError(f'{img_dir} holds no .png/.jpg/.jpeg/.webp file.')
+  if not masks:
+    return [Pair(s, images[s], '') for s in sorted(images)]
+  masks = list_files(mask_dir, MASK_EXTS)
   no_mask = sorted(set(images) - set(masks))
   no_image = sorted(set(masks) - set(images))
   if no_mask or no_image:
@@ -341,14 +347,15 @@ def load_example(pair: Pair, size: int) -> Example:
   file among 70,000 is counted rather than fatal.
 
   Args:
-    pair: the files.
+    pair: the files (``mask_path`` '': an all-interest mask).
     size: output side in pixels.
 
   Returns:
     The decoded Example.
   """
   arrays = []
-  for path, kind in ((pair.image_path, 'image'), (pair.mask_path, 'mask')):
+  files = [(pair.image_path, 'image')] + ([(pair.mask_path, 'mask')] if pair.mask_path else [])
+  for path, kind in files:
     try:
       arrays.append(_open(_read_bytes(path)))
     except Exception as e:  # pylint: disable=broad-except
@@ -356,7 +363,12 @@ def load_example(pair: Pair, size: int) -> Example:
       # damaged files; all mean the same thing here.
       return Example(pair.stem, None, None,
                      problem=f'unreadable {kind} {path} ({type(e).__name__}: {e})')
-  img, msk = arrays
+  img = arrays[0]
+  if not pair.mask_path:  # a folder without masks: everything is interest
+    return Example(pair.stem, resize_image(to_rgb(img), size), np.full((size, size, 1), 255,
+                                                                       np.uint8),
+                   non_square=img.size[0] != img.size[1])
+  msk = arrays[1]
   (iw, ih), (mw, mh) = img.size, msk.size
   if abs(iw / ih - mw / mh) > ASPECT_TOLERANCE * (iw / ih):
     return Example(pair.stem, None, None,

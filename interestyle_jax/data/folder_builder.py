@@ -55,20 +55,25 @@ class FolderConfig(tfds.core.BuilderConfig):
     image_size: output side in pixels (images and masks).
     test_fraction: with no ``test_dir``, the share of ``train_dir`` (chosen by
       a hash of the file stem) that forms the test split.
+    masks: False: the roots hold ``images/`` only and every mask is all
+      interest (the ReStyle baseline).
   """
   train_dir: str = ''
   test_dir: str = ''
   image_size: int = 256
   test_fraction: float = 0.0
+  masks: bool = True
 
 
-def scan(train_dir: str, test_dir: str = '', test_fraction: float = 0.0) -> Dict[str, List[Pair]]:
+def scan(train_dir: str, test_dir: str = '', test_fraction: float = 0.0,
+         masks: bool = True) -> Dict[str, List[Pair]]:
   """Lists and pairs the files of each split (cheap: no decoding).
 
   Args:
     train_dir: train root.
     test_dir: test root, or '' to hold out ``test_fraction`` of ``train_dir``.
     test_fraction: see :class:`FolderConfig`.
+    masks: False: images only (see :class:`FolderConfig`).
 
   Returns:
     ``{'train': pairs, 'test': pairs}``; 'test' is absent when there is none.
@@ -81,9 +86,9 @@ def scan(train_dir: str, test_dir: str = '', test_fraction: float = 0.0) -> Dict
     raise DataValidationError(
         'data.train_dir is empty: set it to a folder holding images/ and masks/ '
         '(e.g. --config.data.train_dir=data/ffhq).')
-  train = folder.pair_folder(train_dir)
+  train = folder.pair_folder(train_dir, masks)
   if test_dir:
-    splits = {'train': train, 'test': folder.pair_folder(test_dir)}
+    splits = {'train': train, 'test': folder.pair_folder(test_dir, masks)}
   elif test_fraction > 0:
     tr, te = folder.split_pairs(train, test_fraction)
     splits = {'train': tr, 'test': te}
@@ -98,7 +103,7 @@ def scan(train_dir: str, test_dir: str = '', test_fraction: float = 0.0) -> Dict
 
 
 def make_config(train_dir: str, test_dir: str, image_size: int, test_fraction: float,
-                splits: Dict[str, List[Pair]]) -> FolderConfig:
+                splits: Dict[str, List[Pair]], masks: bool = True) -> FolderConfig:
   """Builds the config whose name fingerprints the data it describes.
 
   Args:
@@ -107,6 +112,7 @@ def make_config(train_dir: str, test_dir: str, image_size: int, test_fraction: f
     image_size: output side.
     test_fraction: hold-out share used when ``test_dir`` is ''.
     splits: the result of :func:`scan` for these arguments.
+    masks: False: images only.
 
   Returns:
     A FolderConfig named ``s<size>_<hash>``.
@@ -116,14 +122,19 @@ def make_config(train_dir: str, test_dir: str, image_size: int, test_fraction: f
     root = test_dir if (split == 'test' and test_dir) else train_dir
     # Paths relative to the root: the root itself is hashed separately.
     listing.append((split, [(p.stem, os.path.relpath(p.image_path, root),
-                             os.path.relpath(p.mask_path, root)) for p in pairs]))
+                             os.path.relpath(p.mask_path, root) if p.mask_path else '')
+                            for p in pairs]))
+  # Without masks the fingerprint gains a field; with them it is as it always was
+  # (datasets prepared before the option existed keep their names).
+  extra = () if masks else ('no-masks',)
   tag = folder.fingerprint(_norm(train_dir), _norm(test_dir), image_size,
-                           test_fraction if not test_dir else None, listing)
+                           test_fraction if not test_dir else None, listing, *extra)
   return FolderConfig(
       name=f's{image_size}_{tag}',
-      description=f'train_dir={train_dir} test_dir={test_dir or "-"} size={image_size}',
+      description=f'train_dir={train_dir} test_dir={test_dir or "-"} size={image_size}'
+                  + ('' if masks else ' masks=none'),
       train_dir=train_dir, test_dir=test_dir, image_size=image_size,
-      test_fraction=test_fraction)
+      test_fraction=test_fraction, masks=masks)
 
 
 def _norm(path: str) -> str:
@@ -220,7 +231,7 @@ class InterestFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     del dl_manager  # nothing to download: the folders are read in place
     cfg = self.builder_config
     if self._splits is None:
-      self._splits = scan(cfg.train_dir, cfg.test_dir, cfg.test_fraction)
+      self._splits = scan(cfg.train_dir, cfg.test_dir, cfg.test_fraction, cfg.masks)
     return {name: self._generate_examples(name, pairs) for name, pairs in self._splits.items()}
 
   def _generate_examples(self, split: str, pairs: List[Pair]):
@@ -313,7 +324,7 @@ def _quiet_custom_config_note():
 
 def prepare(train_dir: str, test_dir: str = '', *, image_size: int = 256, data_dir: str,
             test_fraction: float = 0.0, strict: bool = False, workers: int = 0,
-            process_index: int = 0, build: bool = True) -> InterestFolder:
+            process_index: int = 0, build: bool = True, masks: bool = True) -> InterestFolder:
   """Validates the folders, prepares the dataset if needed, and returns the builder.
 
   Pairing errors are raised before any decoding. On an already prepared copy
@@ -331,14 +342,15 @@ def prepare(train_dir: str, test_dir: str = '', *, image_size: int = 256, data_d
       host of a multi-host job.
     build: prepare the dataset when it is missing; False only validates the
       pairing and returns the (possibly unprepared) builder.
+    masks: False: the roots hold images/ only; every mask is all interest.
 
   Returns:
     The prepared builder; ``builder.as_dataset(split)`` reads it.
   """
   if image_size <= 0:
     raise DataValidationError(f'data.image_size must be positive, got {image_size}')
-  splits = scan(train_dir, test_dir, test_fraction)
-  config = make_config(train_dir, test_dir, image_size, test_fraction, splits)
+  splits = scan(train_dir, test_dir, test_fraction, masks)
+  config = make_config(train_dir, test_dir, image_size, test_fraction, splits, masks)
   with _quiet_custom_config_note():
     builder = InterestFolder(config=config, splits=splits, strict=strict, workers=workers,
                              data_dir=data_dir)
@@ -365,10 +377,13 @@ def main(argv=None) -> int:
   p.add_argument('--test_fraction', type=float, default=0.0)
   p.add_argument('--strict', action='store_true', help='unreadable files / empty masks are errors')
   p.add_argument('--workers', type=int, default=0, help='decoding processes (0 = one per CPU, 1 = in process)')
+  p.add_argument('--no_masks', action='store_true',
+                 help='the roots hold images/ only; every mask is all interest')
   a = p.parse_args(argv)
   try:
     b = prepare(a.train_dir, a.test_dir, image_size=a.image_size, data_dir=a.data_dir,
-                test_fraction=a.test_fraction, strict=a.strict, workers=a.workers)
+                test_fraction=a.test_fraction, strict=a.strict, workers=a.workers,
+                masks=not a.no_masks)
   except DataValidationError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

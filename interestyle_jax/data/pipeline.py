@@ -43,6 +43,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.strict = False  # Unreadable files and all-zero masks are errors instead of warnings.
   c.shuffle_buffer = 4096  # Examples in the shuffle buffer (encoded, ~100-200 KB each at 256 px).
   c.random_flip = True  # Mirror image and mask together with probability 1/2 (training only).
+  c.masks = True  # False: roots hold images/ only; every mask is all interest (ReStyle baseline).
   c.num_parallel_calls = -1  # Parallel decode/augment calls; -1 = tf.data AUTOTUNE.
   c.prefetch = 2  # Batches tf.data prepares ahead of the consumer.
   c.device_prefetch = 2  # Batches put on the devices ahead of use; 0 yields NumPy arrays.
@@ -129,9 +130,10 @@ def load_builder(data_config: ml_collections.ConfigDict, process_index: Optional
   pi = jax.process_index() if process_index is None else process_index
   kwargs = dict(image_size=data_config.image_size, data_dir=resolve_data_dir(data_config),
                 test_fraction=data_config.test_fraction, strict=data_config.strict,
-                workers=data_config.prepare_workers, process_index=pi)
+                workers=data_config.prepare_workers, process_index=pi,
+                masks=bool(data_config.get('masks', True)))
   key = (data_config.train_dir, data_config.test_dir, data_config.image_size,
-         kwargs['data_dir'], data_config.test_fraction, data_config.strict)
+         kwargs['data_dir'], data_config.test_fraction, data_config.strict, kwargs['masks'])
   if key not in _BUILDERS:
     _BUILDERS[key] = _prepare(folder_builder, data_config, kwargs)
   return _BUILDERS[key]

@@ -9,7 +9,7 @@ buffers live in the ``'noises'`` collection.
 """
 
 import math
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -185,12 +185,17 @@ class FusedLeakyReLU(nn.Module):
     return fused_leaky_relu(x, bias)
 
 
+def _clamp(x: jnp.ndarray, clamp: Optional[float]) -> jnp.ndarray:
+  return x if clamp is None else jnp.clip(x, -clamp, clamp)
+
+
 class StyledConv(nn.Module):
-  """Modulated 3x3 conv, noise injection and activation."""
+  """Modulated 3x3 conv, noise injection, activation and optional clamp."""
   features: int
   upsample: bool = False
   blur_kernel: Sequence[int] = (1, 3, 3, 1)
   impl: str = 'shared'
+  clamp: Optional[float] = None
 
   @nn.compact
   def __call__(self, x, w, noise):
@@ -198,7 +203,8 @@ class StyledConv(nn.Module):
                         blur_kernel=self.blur_kernel, impl=self.impl,
                         name='conv')(x, w)
     x = NoiseInjection(name='noise')(x, noise)
-    return FusedLeakyReLU(name='activate')(x)
+    # NVIDIA's bias_act clamps after the activation gain.
+    return _clamp(FusedLeakyReLU(name='activate')(x), self.clamp)
 
 
 class ToRGB(nn.Module):
@@ -206,12 +212,14 @@ class ToRGB(nn.Module):
   upsample: bool = True
   blur_kernel: Sequence[int] = (1, 3, 3, 1)
   impl: str = 'shared'
+  clamp: Optional[float] = None
 
   @nn.compact
   def __call__(self, x, w, skip=None):
     out = ModulatedConv2d(3, 1, demodulate=False, impl=self.impl,
                           name='conv')(x, w)
-    out = out + self.param('bias', nn.initializers.zeros, (3,))
+    # The clamp (NVIDIA generators) bounds this layer's output, not the sum.
+    out = _clamp(out + self.param('bias', nn.initializers.zeros, (3,)), self.clamp)
     if skip is not None:
       if self.upsample:
         skip = upsample(skip, self.blur_kernel)
@@ -249,6 +257,13 @@ class Generator(nn.Module):
     remat: recompute each styled conv / ToRGB block in the backward pass
       instead of keeping its activations (``jax.checkpoint``): less memory
       for a gradient through G, one more forward pass of G.
+    conv_clamp: clamp every styled conv (after bias, activation and gain)
+      and every ToRGB output to ``±conv_clamp``, as NVIDIA's StyleGAN2-ADA /
+      StyleGAN3 generators do (256 in their configs); None: no clamp.
+    channels: explicit channels per resolution 4, 8, …, ``resolution``
+      (NVIDIA's ``min(channel_base // res, channel_max)`` when that is not a
+      config-f table); None: ``generator_channels(resolution,
+      channel_multiplier, width)``.
   """
   resolution: int
   style_dim: int = 512
@@ -259,6 +274,16 @@ class Generator(nn.Module):
   lr_mlp: float = 0.01
   modconv_impl: str = 'shared'
   remat: bool = False
+  conv_clamp: Optional[float] = None
+  channels: Optional[Sequence[int]] = None
+
+  def __post_init__(self):
+    # model.json gives lists; a Module must stay hashable (jit caches, lru_cache).
+    for field in ('blur_kernel', 'channels'):
+      value = getattr(self, field)
+      if value is not None and not isinstance(value, tuple):
+        object.__setattr__(self, field, tuple(value))
+    super().__post_init__()
 
   def setup(self):
     log_size = int(math.log2(self.resolution))
@@ -268,29 +293,40 @@ class Generator(nn.Module):
     if self.modconv_impl not in MODCONV_IMPLS:
       raise ValueError(f'Generator.modconv_impl must be one of {MODCONV_IMPLS}, '
                        f'got {self.modconv_impl!r}')
-    ch = generator_channels(self.resolution, self.channel_multiplier, self.width)
+    ch = self.channels_per_resolution()
     bk = tuple(self.blur_kernel)
     impl = self.modconv_impl
+    clamp = None if self.conv_clamp is None else float(self.conv_clamp)
     # style_{i} is PyTorch's style.{i+1} (style.0 is the parameter-free PixelNorm).
     self.style = [EqualLinear(self.style_dim, lr_mul=self.lr_mlp, activation=True)
                   for _ in range(self.n_mlp)]
     styled_conv = nn.remat(StyledConv) if self.remat else StyledConv
     to_rgb = nn.remat(ToRGB) if self.remat else ToRGB
     self.input = ConstantInput(ch[4])
-    self.conv1 = styled_conv(ch[4], blur_kernel=bk, impl=impl)
-    self.to_rgb1 = to_rgb(upsample=False, blur_kernel=bk, impl=impl)
+    self.conv1 = styled_conv(ch[4], blur_kernel=bk, impl=impl, clamp=clamp)
+    self.to_rgb1 = to_rgb(upsample=False, blur_kernel=bk, impl=impl, clamp=clamp)
     convs, to_rgbs = [], []
     for i in range(3, log_size + 1):
       c = ch[2 ** i]
-      convs.append(styled_conv(c, upsample=True, blur_kernel=bk, impl=impl))
-      convs.append(styled_conv(c, blur_kernel=bk, impl=impl))
-      to_rgbs.append(to_rgb(blur_kernel=bk, impl=impl))
+      convs.append(styled_conv(c, upsample=True, blur_kernel=bk, impl=impl, clamp=clamp))
+      convs.append(styled_conv(c, blur_kernel=bk, impl=impl, clamp=clamp))
+      to_rgbs.append(to_rgb(blur_kernel=bk, impl=impl, clamp=clamp))
     self.convs = convs
     self.to_rgbs = to_rgbs
     self.noise_buffers = [
         self.variable('noises', f'noise_{i}',
                       lambda s=s: jax.random.normal(self.make_rng('params'), s))
         for i, s in enumerate(noise_shapes(self.resolution))]
+
+  def channels_per_resolution(self) -> Dict[int, int]:
+    """Channels of each resolution 4..``resolution`` (``channels`` or config-f's table)."""
+    if self.channels is None:
+      return generator_channels(self.resolution, self.channel_multiplier, self.width)
+    sizes = [2 ** i for i in range(2, int(math.log2(self.resolution)) + 1)]
+    if len(self.channels) != len(sizes) or min(self.channels) < 1:
+      raise ValueError(f'Generator.channels must give {len(sizes)} positive counts (for '
+                       f'{sizes[0]}..{sizes[-1]} px), got {self.channels}')
+    return dict(zip(sizes, (int(c) for c in self.channels)))
 
   @property
   def n_styles(self) -> int:
@@ -401,3 +437,33 @@ class Generator(nn.Module):
     if truncation != 1.0:
       w = truncation_latent + truncation * (w - truncation_latent)
     return self(w, noise_mode=noise_mode), w
+
+
+# Generator fields every model.json lists, and the others with their defaults
+# (written only when a model departs from them, so older files stay as they are).
+CONFIG_FIELDS = ('resolution', 'style_dim', 'n_mlp', 'channel_multiplier', 'width')
+OPTIONAL_FIELDS = {'lr_mlp': 0.01, 'blur_kernel': (1, 3, 3, 1), 'conv_clamp': None,
+                   'channels': None}
+
+
+def generator_config(generator: Generator) -> Dict[str, Any]:
+  """The JSON-able keyword arguments that rebuild ``generator`` (for model.json).
+
+  Args:
+    generator: a Generator.
+
+  Returns:
+    ``CONFIG_FIELDS`` as ints, plus each of ``OPTIONAL_FIELDS`` that differs
+    from its default (sequences as lists).
+  """
+  out = {k: int(getattr(generator, k)) for k in CONFIG_FIELDS}
+  for field, default in OPTIONAL_FIELDS.items():
+    value = getattr(generator, field)
+    if isinstance(value, (tuple, list)):
+      value = [v.item() if hasattr(v, 'item') else v for v in value]
+      if default is not None and tuple(value) == tuple(default):
+        continue
+    elif value == default:
+      continue
+    out[field] = value
+  return out

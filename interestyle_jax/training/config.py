@@ -272,6 +272,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int,
     if c.data.image_size != size:
       errors.append(f'config.data.image_size={c.data.image_size} must equal '
                     f'config.model.encoder_size={size}')
+    if not c.data.masks and c.loss.ind > 0:
+      errors.append(f'config.data.masks=False (every pixel is interest) leaves the InD pass '
+                    f'nothing to disentangle; set config.loss.ind=0 (config.loss.ind='
+                    f'{c.loss.ind}): without masks the run is the ReStyle baseline')
   if not c.model.generator_path:
     if c.synthetic.resolution < size:
       errors.append(f'config.model.encoder_size={size} exceeds the synthetic generator '

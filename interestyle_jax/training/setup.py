@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from interestyle_jax import artifacts, losses, synthetic
 from interestyle_jax.models.encoder import BackboneEncoder
+from interestyle_jax.models.stylegan2 import generator_config
 from interestyle_jax.ops.pooling import adaptive_avg_pool2d
 from interestyle_jax.training.config import ConfigError, encoder_sigmas
 from interestyle_jax.training.step import Models, StepConfig, scan_unroll
@@ -154,7 +155,7 @@ def build(config) -> Setup:
   avg_image = jax.jit(lambda v, w: adaptive_avg_pool2d(
       gen.apply(v, w[None], noise_mode='const'), size)[0])(gen_vars, latent_avg)
   frozen.update(generator=gen_vars, latent_avg=latent_avg, avg_image=avg_image)
-  gen_kwargs = {k: int(getattr(gen, k)) for k in GENERATOR_FIELDS}
+  gen_kwargs = generator_config(gen)  # with conv_clamp etc. of NVIDIA generators
   # remat changes how G is differentiated, not its parameters or outputs.
   train_gen = gen.clone(remat=bool(config.remat)) if config.remat else gen
   return Setup(models=Models(encoder, train_gen, lpips_mod, arc_mod), frozen=frozen,
