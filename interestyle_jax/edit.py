@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image
 
 from interestyle_jax import artifacts, cli_utils, editing, sefa
-from interestyle_jax.invert import ImageError, read_image_sized, squash_warning
+from interestyle_jax.photos import ImageError, read_image_sized, squash_warning
 
 
 def load_latent(path: str, n_styles: int, style_dim: int) -> np.ndarray:

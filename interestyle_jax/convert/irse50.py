@@ -9,22 +9,21 @@ ReStyle), and freshly initialised style blocks, all from ``--seed``.
 """
 
 import math
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
-import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from interestyle_jax import artifacts
 from interestyle_jax.convert.backbones import arcface_mapper, infer_backbone, irse_mode
 from interestyle_jax.convert.common import (ConversionError, assign_state_dict,
                                             check_output_location, load_torch_checkpoint)
 from interestyle_jax.models.arcface import ArcFace
-from interestyle_jax.models.encoder import BackboneEncoder
+from interestyle_jax.models.encoder_init import (ENCODER_INIT_KIND,  # noqa: F401
+                                                 encoder_init_from_arcface, load_encoder_init,
+                                                 torch_default_init)
 
 KIND = 'arcface'
-ENCODER_INIT_KIND = 'encoder_init'
 
 
 def infer_arcface(sd: Mapping[str, Any], source: str = 'checkpoint') -> Dict[str, Any]:
@@ -90,96 +89,6 @@ def load_torch_arcface(path_or_state_dict: Union[str, Mapping[str, Any]]):
   source = path_or_state_dict if isinstance(path_or_state_dict, str) else 'state dict'
   config, variables = convert_state_dict(load_torch_checkpoint(path_or_state_dict), source)
   return ArcFace(**config), jax.tree_util.tree_map(jnp.asarray, variables)
-
-
-def encoder_init_from_arcface(config: Dict[str, Any], variables: Mapping[str, Any],
-                              n_styles: int, input_nc: int = 6, style_dim: int = 512,
-                              encoder_size: int = 256, seed: int = 0):
-  """Builds ReStyle's encoder initialisation from converted ArcFace weights.
-
-  Args:
-    config: ArcFace kwargs (from :func:`convert_state_dict`).
-    variables: ArcFace variables.
-    n_styles: styles the encoder predicts (18 for 1024 px).
-    input_nc: encoder input channels (6 for ReStyle); channels beyond 3 of
-      the first conv get N(0, 1) weights.
-    style_dim: latent width.
-    encoder_size: encoder input resolution (sets the style-block depth).
-    seed: seed of the random parts.
-
-  Returns:
-    ``(encoder_kwargs, encoder_variables)`` as numpy arrays.
-  """
-  if input_nc < 3:
-    raise ValueError(f'input_nc must be >= 3, got {input_nc}')
-  enc_config = dict(n_styles=int(n_styles), style_dim=int(style_dim), input_nc=int(input_nc),
-                    backbone='ir_se', num_layers=config['num_layers'],
-                    stage_units=config['stage_units'], width=config['width'])
-  enc = BackboneEncoder(**enc_config)
-  # Shapes only: running a full init would compile the whole network.
-  template = jax.eval_shape(enc.init, jax.random.PRNGKey(0),
-                            jnp.zeros((1, encoder_size, encoder_size, input_nc)))
-  rng = np.random.default_rng(seed)
-  params = {k: torch_default_init(v, rng) for k, v in template['params'].items()
-            if k != 'backbone'}
-  backbone = jax.tree_util.tree_map(np.asarray, dict(variables['params']['backbone']))
-  kernel = backbone['input_conv']['kernel']  # [3, 3, 3, C]
-  extra = rng.standard_normal(kernel.shape[:2] + (input_nc - 3, kernel.shape[3]))
-  backbone['input_conv'] = {'kernel': np.concatenate([kernel, extra.astype(np.float32)], 2)}
-  params['backbone'] = backbone
-  out = {'params': params,
-         'batch_stats': {'backbone': jax.tree_util.tree_map(
-             np.asarray, variables['batch_stats']['backbone'])}}
-  # The result must fit the encoder exactly (same trunk, widened input conv).
-  # (No NaN check here: the ArcFace part was checked when it was converted.)
-  assign_state_dict(template, _flat_items(out), lambda k, a: (k, a), 'ReStyle encoder',
-                    'encoder init', check_finite=False)
-  return enc_config, out
-
-
-def torch_default_init(tree: Mapping[str, Any], rng: np.random.Generator):
-  """PyTorch's default initialisation for a style block's variable shapes.
-
-  Conv weights and biases ~ U(±1/sqrt(fan_in)) (``kaiming_uniform_(a=√5)``),
-  EqualLinear weights ~ N(0, 1) with zero bias — what ReStyle's freshly built
-  GradualStyleBlocks start from.
-
-  Args:
-    tree: ``{'convs_k': {'kernel', 'bias'}, 'linear': {'weight', 'bias'}}`` of
-      shapes.
-    rng: NumPy generator.
-
-  Returns:
-    The same tree of float32 arrays.
-  """
-  out = {}
-  for name, leaves in tree.items():
-    if 'kernel' in leaves:
-      kh, kw, cin, _ = leaves['kernel'].shape
-      bound = 1.0 / math.sqrt(kh * kw * cin)
-      out[name] = {k: rng.uniform(-bound, bound, v.shape).astype(np.float32)
-                   for k, v in leaves.items()}
-    else:
-      out[name] = {'weight': rng.standard_normal(leaves['weight'].shape).astype(np.float32),
-                   'bias': np.zeros(leaves['bias'].shape, np.float32)}
-  return out
-
-
-def _flat_items(tree) -> Dict[Tuple[str, ...], np.ndarray]:
-  return dict(flax.traverse_util.flatten_dict(tree))
-
-
-def load_encoder_init(path: str):
-  """Loads an ``encoder_init`` directory.
-
-  Args:
-    path: the model directory.
-
-  Returns:
-    ``(BackboneEncoder, variables, encoder_size)``.
-  """
-  meta, tree = artifacts.load_artifact(path, expected_kind=ENCODER_INIT_KIND)
-  return BackboneEncoder(**meta['encoder']), tree['encoder'], meta['encoder_size']
 
 
 def add_arguments(parser) -> None:

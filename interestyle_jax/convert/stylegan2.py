@@ -18,10 +18,10 @@ from interestyle_jax.convert.common import (IGNORE, ConversionError, assign_stat
                                             check_output_location, count_indexed,
                                             load_torch_checkpoint, non_finite_entries,
                                             to_numpy, warn_non_finite)
-from interestyle_jax.models.stylegan2 import Generator, generator_config, n_styles_for
+from interestyle_jax.models.stylegan2 import (KIND, Generator, generator_config,  # noqa: F401
+                                              load_stylegan2, n_styles_for)
 from interestyle_jax.ops import make_kernel
 
-KIND = 'stylegan2'
 SRC_HELP = ('rosinality .pt (g_ema + latent_avg) or an NVIDIA StyleGAN2-ADA / StyleGAN3 '
             '(--cfg=stylegan2) network .pkl, told apart by the file\'s bytes')
 
@@ -208,18 +208,3 @@ def convert(src: str, dst: str, overwrite: bool = False, network: str = 'G_ema')
   meta.update(generator=generator_config(Generator(**config)),
               has_latent_avg=latent_avg is not None)
   return artifacts.save_artifact(dst, tree, meta, overwrite=overwrite)
-
-
-def load_stylegan2(path: str):
-  """Loads a ``convert stylegan2`` directory (torch not needed).
-
-  Args:
-    path: the model directory.
-
-  Returns:
-    ``(generator_module, variables, latent_avg)``; ``latent_avg`` is ``[1, D]``
-    (or ``[n_styles, D]``) or None when the source had none.
-  """
-  meta, tree = artifacts.load_artifact(path, expected_kind=KIND)  # warns on NaN/inf
-  gen = Generator(**meta['generator'])
-  return gen, tree['generator'], tree.get('latent_avg')

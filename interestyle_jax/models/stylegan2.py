@@ -20,6 +20,8 @@ from interestyle_jax.models.layers import EqualLinear
 from interestyle_jax.ops import blur, fused_leaky_relu, upsample
 from interestyle_jax.ops.conv import canonical_conv
 
+KIND = 'stylegan2'  # the model directory kind `convert stylegan2` writes
+
 NOISE_MODES = ('const', 'random', 'none')
 MODCONV_IMPLS = ('shared', 'grouped')
 
@@ -467,3 +469,19 @@ def generator_config(generator: Generator) -> Dict[str, Any]:
       continue
     out[field] = value
   return out
+
+
+def load_stylegan2(path: str):
+  """Loads a ``convert stylegan2`` directory (torch not needed).
+
+  Args:
+    path: the model directory.
+
+  Returns:
+    ``(generator_module, variables, latent_avg)``; ``latent_avg`` is ``[1, D]``
+    (or ``[n_styles, D]``) or None when the source had none.
+  """
+  from interestyle_jax import artifacts  # pylint: disable=g-import-not-at-top
+  meta, tree = artifacts.load_artifact(path, expected_kind=KIND)  # warns on NaN/inf
+  gen = Generator(**meta['generator'])
+  return gen, tree['generator'], tree.get('latent_avg')

@@ -19,7 +19,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from interestyle_jax import artifacts, losses, synthetic
 from interestyle_jax.models.encoder import BackboneEncoder
-from interestyle_jax.models.stylegan2 import generator_config
+from interestyle_jax.models.encoder_init import encoder_init_from_arcface
+from interestyle_jax.models.stylegan2 import generator_config, load_stylegan2
 from interestyle_jax.ops.pooling import adaptive_avg_pool2d
 from interestyle_jax.training.config import ConfigError, encoder_sigmas
 from interestyle_jax.training.step import Models, StepConfig, scan_unroll
@@ -58,7 +59,6 @@ def _generator(config):
   if not config.model.generator_path:
     world = synthetic.build_world(config.synthetic)
     return world.generator, world.variables, world.latent_avg, world
-  from interestyle_jax.convert.stylegan2 import load_stylegan2  # pylint: disable=g-import-not-at-top
   gen, variables, latent_avg = load_stylegan2(config.model.generator_path)
   n, d = gen.n_styles, gen.style_dim
   if latent_avg is None:
@@ -76,7 +76,6 @@ def _encoder_init(config, template, n_styles: int, style_dim: int):
   path = config.model.encoder_init_path
   meta, tree = artifacts.load_artifact(path, ('arcface', 'encoder_init', 'restyle'))
   if meta['kind'] == 'arcface':
-    from interestyle_jax.convert.irse50 import encoder_init_from_arcface  # pylint: disable=g-import-not-at-top
     kwargs, variables = encoder_init_from_arcface(
         meta['arcface'], tree['arcface'], n_styles, 6, style_dim,
         config.model.encoder_size, config.seed)
