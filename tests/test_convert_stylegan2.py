@@ -157,6 +157,36 @@ def test_malicious_pickle_does_not_run_unless_trusted(ckpt_file, tmp_path, capsy
   assert marker.exists()
 
 
+class _Call:
+  """Unpickling it calls ``fn(*args)``."""
+
+  def __init__(self, fn, *args):
+    self.fn, self.args = fn, args
+
+  def __reduce__(self):
+    return (self.fn, self.args)
+
+
+@pytest.mark.parametrize('kind', ['os.system', 'builtins.eval', 'subprocess.call'])
+def test_code_running_payloads_are_refused_in_one_line(kind, tmp_path, capsys):
+  """Globals torch blocks outright (posix.system) and those it merely does not allow alike."""
+  import builtins  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  marker = tmp_path / 'ran'
+  payload = {'os.system': _Call(os.system, f'touch {marker}'),
+             'builtins.eval': _Call(builtins.eval, f'open({str(marker)!r}, "w")'),
+             'subprocess.call': _Call(subprocess.call, ['touch', str(marker)])}[kind]
+  src = tmp_path / 'evil.pt'
+  torch.save({'w': torch.zeros(2), 'x': payload}, src)
+  assert convert_main(['stylegan2', str(src), str(tmp_path / 'o')]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1, err
+  named = {'os.system': 'posix.system'}.get(kind, kind)  # os.system is posix.system
+  assert f'refused to unpickle it: besides tensors it holds Python objects ({named})' in err[0]
+  assert '--trust_checkpoint' in err[0] and not marker.exists()
+  assert not (tmp_path / 'o').exists()
+
+
 def test_training_args_namespace_is_allowed(ckpt_file, tmp_path):
   import argparse
   src = tmp_path / 'rosinality.pt'  # train.py of rosinality's port saves its args

@@ -3,13 +3,16 @@
 Torch is imported lazily, only when a ``.pt``/``.pth`` file must be read.
 """
 
+import _compat_pickle
 import argparse
 import contextlib
 import contextvars
 import os
 import pickle
+import pickletools
 import tempfile
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
+import zipfile
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import flax
 import numpy as np
@@ -121,6 +124,55 @@ def checkpoints_trusted() -> bool:
   return _TRUST.get()
 
 
+def _allowed(name: str) -> bool:
+  """Whether the safe loader accepts global ``name`` (module.qualname)."""
+  safe = {f'{g.__module__}.{g.__qualname__}' for g in SAFE_GLOBALS}
+  return name.startswith('torch.') or name in safe or name == 'collections.OrderedDict'
+
+
+def pickle_globals(path: str) -> List[str]:
+  """The globals (``module.name``) a checkpoint's pickle imports, read without unpickling.
+
+  Reads ``*/data.pkl`` of a zip checkpoint or the file itself (the legacy
+  format), opcode by opcode (``pickletools``); nothing is executed.
+
+  Args:
+    path: a ``.pt`` / ``.pth`` file.
+
+  Returns:
+    The globals in order of appearance, with Python 2 names (pickle
+    protocol 2, ``commands.call``) given their Python 3 module
+    (``subprocess.call``); empty when the bytes are not a pickle.
+  """
+  try:
+    if zipfile.is_zipfile(path):
+      with zipfile.ZipFile(path) as z:
+        name = next(n for n in z.namelist() if n.endswith('data.pkl'))
+        data = z.read(name)
+    else:
+      with open(path, 'rb') as f:
+        data = f.read()
+  except (OSError, StopIteration, zipfile.BadZipFile):
+    return []
+  found, strings = [], []
+  try:
+    for op, arg, _ in pickletools.genops(data):
+      if isinstance(arg, str):
+        strings.append(arg)
+      if op.name == 'GLOBAL':
+        module, name = arg.split(' ', 1)
+      elif op.name == 'STACK_GLOBAL' and len(strings) >= 2:
+        module, name = strings[-2], strings[-1]
+      else:
+        continue
+      module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+      module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+      found.append(f'{module}.{name}')
+  except Exception:  # pylint: disable=broad-except
+    pass  # the globals before the damage are still worth naming
+  return found
+
+
 def load_torch_checkpoint(path_or_obj: Union[str, Mapping[str, Any]]) -> Mapping[str, Any]:
   """Loads a PyTorch checkpoint file (or passes a loaded dict through).
 
@@ -153,18 +205,19 @@ def load_torch_checkpoint(path_or_obj: Union[str, Mapping[str, Any]]) -> Mapping
   except FileNotFoundError:
     raise
   except pickle.UnpicklingError as e:
-    # Garbage bytes fail the safe unpickler too ('Unsupported operand');
-    # only a refused global means Python objects.
-    if trust or 'Unsupported global' not in str(e):
+    # Garbage bytes fail the safe unpickler too; only a global outside the
+    # allowed ones means Python objects. torch words its refusal differently
+    # from version to version, so the file's own pickle opcodes decide.
+    unsafe = [] if trust else [g for g in pickle_globals(path_or_obj) if not _allowed(g)]
+    if not unsafe:
+      lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+      first = next((l for l in lines if 'Unsupported' in l), lines[0] if lines else '')
       raise ConversionError(f'{path_or_obj}: not a readable PyTorch checkpoint '
-                            f'(UnpicklingError: {e})') from e
-    detail = str(e).split('\n')
-    detail = next((l.strip() for l in detail if 'GLOBAL' in l or 'Unsupported' in l),
-                  detail[0].strip())
+                            f'(UnpicklingError: {first})') from e
     raise ConversionError(
-        f'{path_or_obj}: refused to unpickle it ({detail}). Besides tensors it holds Python '
-        'objects, and loading those can run arbitrary code. If you trust where the file '
-        'comes from, re-run with --trust_checkpoint.') from e
+        f'{path_or_obj}: refused to unpickle it: besides tensors it holds Python objects '
+        f'({", ".join(unsafe[:3])}), and loading those can run arbitrary code. If you trust '
+        'where the file comes from, re-run with --trust_checkpoint.') from e
   except Exception as e:  # torch raises many types for a corrupt file
     raise ConversionError(f'{path_or_obj}: not a readable PyTorch checkpoint '
                           f'({type(e).__name__}: {e})') from e
