@@ -23,8 +23,9 @@ Exit statuses:
 - 143 / 130: stopped by SIGTERM / SIGINT (preemption, Ctrl-C) after saving a
   checkpoint at the next step boundary (``preempted at step N, checkpoint
   saved``); the same command resumes from it.
-- 1: another process of a multi-process job was lost (or an unexpected
-  error); restart every process to resume from the latest checkpoint.
+- 1: the disk is full (one line naming the workdir; the unfinished checkpoint
+  is removed), or another process of a multi-process job was lost (or an
+  unexpected error); fix it and re-run to resume from the latest checkpoint.
 """
 
 import os
@@ -44,6 +45,7 @@ try:
 except ImportError as _e:
   print(f'train.py: error: {_e}', file=sys.stderr)
   sys.exit(2)
+from interestyle_jax import artifacts  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from interestyle_jax.training import distributed, logs, loop  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from interestyle_jax.training.config import ConfigError  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from interestyle_jax.training.preemption import Preempted  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -111,6 +113,11 @@ def main(argv):
     print(f'train.py: {p}; re-run the same command to resume', file=sys.stderr, flush=True)
     sys.exit(p.exit_status)
   except Exception as e:  # pylint: disable=broad-except
+    if artifacts.is_disk_full(e):
+      _error(str(artifacts.NoSpaceError(FLAGS.workdir)))
+      if jax.process_count() > 1:
+        _hard_exit(1)
+      sys.exit(1)
     if jax.process_count() == 1:
       raise
     # A normal exit would wait in jax.distributed's shutdown barrier for the

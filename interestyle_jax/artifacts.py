@@ -16,6 +16,7 @@ Reading needs neither torch nor the process that wrote it; a damaged directory
 """
 
 import contextlib
+import errno
 import gc
 import json
 import logging
@@ -203,12 +204,13 @@ def save_artifact(dst: str, tree: Dict[str, Any], meta: Dict[str, Any],
   try:
     os.makedirs(tmp)
     tree = jax.tree_util.tree_map(np.asarray, tree)
-    ckptr = _local_checkpointer()
-    ckptr.save(os.path.join(tmp, VARIABLES_DIR), tree)
-    ckptr.wait_until_finished()
-    ckptr.close()
-    with open(os.path.join(tmp, META_FILE), 'w') as f:
-      json.dump(dict(meta, format_version=FORMAT_VERSION), f, indent=2, sort_keys=True)
+    with reported_as_one_error(dst):
+      ckptr = _local_checkpointer()
+      ckptr.save(os.path.join(tmp, VARIABLES_DIR), tree)
+      ckptr.wait_until_finished()
+      ckptr.close()
+      with open(os.path.join(tmp, META_FILE), 'w') as f:
+        json.dump(dict(meta, format_version=FORMAT_VERSION), f, indent=2, sort_keys=True)
     if os.path.exists(dst):
       os.rename(dst, old)
       os.rename(tmp, dst)
@@ -261,7 +263,7 @@ def _drop_closed_loop_reports() -> None:
 
 @contextlib.contextmanager
 def quiet_failed_restore(settle_s: float = 0.6, limit_s: float = 10.0):
-  """Drops the echoes of a failed Orbax restore run inside the block.
+  """Drops the echoes of a failed Orbax restore (or save) run inside the block.
 
   One missing array file otherwise prints tens of thousands of lines after
   the one-line error the caller reports (``_is_abandoned_read_report``);
@@ -306,6 +308,86 @@ def quiet_failed_restore(settle_s: float = 0.6, limit_s: float = 10.0):
       _drop_closed_loop_reports()
     if dropped[0]:
       logger.info('Dropped %d reports of abandoned Orbax reads', dropped[0])
+
+
+class NoSpaceError(OSError):
+  """A write failed because its filesystem is full (one line: the path, the free space, the fix)."""
+
+  def __init__(self, path: str):
+    probe = os.path.abspath(path)
+    while probe and not os.path.exists(probe):
+      probe = os.path.dirname(probe)
+    try:
+      free = f'{shutil.disk_usage(probe).free / 2 ** 20:.1f} MiB free'
+    except OSError:
+      free = 'free space unknown'
+    super().__init__(errno.ENOSPC, f'no space left on the device holding {path} ({free}): '
+                     'free some space or write somewhere else; nothing half-written was kept')
+
+  def __str__(self) -> str:
+    return self.strerror
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether ``error`` (or an exception it was raised from) is a full filesystem.
+
+  Python raises ``OSError(ENOSPC)``; TensorStore, under Orbax, raises a
+  ``ValueError`` whose text says RESOURCE_EXHAUSTED while writing.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    text = str(error)
+    if 'No space left on device' in text or ('RESOURCE_EXHAUSTED' in text and 'writ' in text):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+class _DropWriteFailureLogs(logging.Filter):
+  """Orbax logs a failed write from each of its threads, tracebacks included."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR:
+      return True
+    text = record.getMessage()
+    if record.exc_info and record.exc_info[1] is not None:
+      text += str(record.exc_info[1])
+    return not ('RESOURCE_EXHAUSTED' in text or 'No space left on device' in text)
+
+
+@contextlib.contextmanager
+def reported_as_one_error(path: str):
+  """A full disk inside the block is one :class:`NoSpaceError` naming ``path``.
+
+  Orbax's own reports of the failure (an ERROR log with a traceback from each
+  of its writer threads, TensorStore's completions arriving at a closed event
+  loop) are dropped: the caller reports the error once. Other errors
+  propagate unchanged.
+
+  Args:
+    path: what was being written (named in the error).
+
+  Yields:
+    Nothing.
+
+  Raises:
+    NoSpaceError: the filesystem is full.
+  """
+  absl_logger = logging.getLogger('absl')
+  drop = _DropWriteFailureLogs()
+  absl_logger.addFilter(drop)
+  try:
+    with quiet_failed_restore():
+      yield
+  except Exception as e:  # pylint: disable=broad-except
+    if is_disk_full(e):
+      raise NoSpaceError(path) from e
+    raise
+  finally:
+    absl_logger.removeFilter(drop)
 
 
 def read_meta(path: str) -> Dict[str, Any]:

@@ -61,18 +61,29 @@ class Report(NamedTuple):
       were resized to a square anyway.
     faces: with ``--align``, one summary record per face found (``file``,
       ``output``, ``box``, ``prob``, ``landmarks``).
+    stopped: why the run stopped before the end (a full disk), or None.
   """
   inverted: List[str]
   skipped: List[Tuple[str, str]]
   squashed: Sequence[Tuple[str, Tuple[int, int]]] = ()
   faces: Sequence[Dict] = ()
+  stopped: Optional[str] = None
 
 
 def _write(out_dir: str, stem: str, recon, strip, latent) -> None:
+  """The three outputs of one image, all or none (a failed write removes the others)."""
   base = os.path.join(out_dir, stem)
-  editing.save_png(recon, base + '.png')
-  editing.save_png(strip, base + '_iterations.png')
-  cli_utils.save_npy(np.asarray(latent, np.float32), base + '.npy')
+  written = []
+  try:
+    for suffix, save, value in (('.png', editing.save_png, recon),
+                                ('_iterations.png', editing.save_png, strip),
+                                ('.npy', cli_utils.save_npy, np.asarray(latent, np.float32))):
+      save(value, base + suffix)
+      written.append(base + suffix)
+  except OSError:
+    for path in written:
+      os.remove(path)
+    raise
 
 
 def invert_files(inverter, inputs: List[Tuple[str, str]], out_dir: str,
@@ -121,27 +132,38 @@ def invert_files(inverter, inputs: List[Tuple[str, str]], out_dir: str,
       bar.update(len(pending))
     pending.clear()
 
-  for file, stem in inputs:
-    try:
-      if detector is not None:
-        for name, image, record in _aligned_faces(detector, file, stem, taken, inverter, out_dir):
-          pending.append((name, folder.resize_image(image, size)))
-          faces.append(record)
-          if len(pending) == batch_size:
-            flush()
+  def run():
+    for file, stem in inputs:
+      try:
+        if detector is not None:
+          for name, image, record in _aligned_faces(detector, file, stem, taken, inverter,
+                                                    out_dir):
+            pending.append((name, folder.resize_image(image, size)))
+            faces.append(record)
+            if len(pending) == batch_size:
+              flush()
+          bar.update(1)
+          continue
+        image, (w, h) = read_image_sized(file, size)
+        pending.append((stem, image))
+        if w != h:
+          squashed.append((file, (w, h)))
+      except ImageError as e:
+        skipped.append((file, str(e)))
         bar.update(1)
-        continue
-      image, (w, h) = read_image_sized(file, size)
-      pending.append((stem, image))
-      if w != h:
-        squashed.append((file, (w, h)))
-    except ImageError as e:
-      skipped.append((file, str(e)))
-      bar.update(1)
-    if len(pending) == batch_size:
+      if len(pending) == batch_size:
+        flush()
+    if pending:
       flush()
-  if pending:
-    flush()
+
+  try:
+    run()
+  except OSError as e:
+    if not artifacts.is_disk_full(e):
+      raise
+    # What was written stays; the batch being written is lost (atomic writes).
+    bar.close()
+    return Report(inverted, skipped, squashed, faces, str(artifacts.NoSpaceError(out_dir)))
   bar.close()
   return Report(inverted, skipped, squashed, faces)
 
@@ -254,8 +276,20 @@ def main(argv=None) -> int:
                    'squashed': [{'file': f, 'size': [w, h]} for f, (w, h) in report.squashed]}
   if args.align:
     summary['faces'] = list(report.faces)
+  if report.stopped:
+    summary['stopped'] = report.stopped
   if report.inverted:
-    cli_utils.save_json(summary, os.path.join(args.output, SUMMARY_FILE))
+    try:
+      cli_utils.save_json(summary, os.path.join(args.output, SUMMARY_FILE))
+    except OSError as e:
+      if not report.stopped:
+        raise
+      report = report._replace(stopped=f'{report.stopped}; {SUMMARY_FILE} could not be '
+                                       f'written either ({e.strerror or e})')
+  if report.stopped:
+    print(f'error: stopped after {len(report.inverted)} of {len(inputs)} image(s): '
+          f'{report.stopped}', file=sys.stderr)
+    return 1
   if args.align:
     done = (f'{len(report.inverted)} face(s) from {len(inputs) - len(report.skipped)} of '
             f'{len(inputs)} photo(s)')

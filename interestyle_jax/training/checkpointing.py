@@ -20,9 +20,11 @@ fails either check or the restore is moved to ``WORKDIR/checkpoints_corrupt/``
 and the next older one is used.
 """
 
+import glob
 import hashlib
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -215,11 +217,18 @@ class Checkpointer:
   def _save(self, manager, step: int, state, **kwargs) -> None:
     """Saves ``state`` and, once it is on disk, its digest into the step dir."""
     digest = state_digest(state)
-    manager.save(step, args=ocp.args.StandardSave(state), force=True, **kwargs)
-    # The digest goes into the finished step directory, so the save must be
-    # complete: checkpoints are minutes apart, the wait costs the write time.
-    manager.wait_until_finished()
     step_dir = self._step_dir(manager, step)
+    try:
+      with artifacts.reported_as_one_error(step_dir):
+        manager.save(step, args=ocp.args.StandardSave(state), force=True, **kwargs)
+        # The digest goes into the finished step directory, so the save must be
+        # complete: checkpoints are minutes apart, the wait costs the write time.
+        manager.wait_until_finished()
+    except artifacts.NoSpaceError:
+      if jax.process_index() == 0:  # Orbax leaves the unfinished step's temporary folder
+        for leftover in glob.glob(glob.escape(step_dir) + '.orbax-checkpoint-tmp*'):
+          shutil.rmtree(leftover, ignore_errors=True)
+      raise
     if jax.process_index() == 0 and os.path.isdir(step_dir):  # best/ may have dropped it
       record = {'step': int(step), 'sha256': digest, 'files': file_digest(step_dir)}
       workdir_lib.write_atomic(os.path.join(step_dir, DIGEST_FILE),
