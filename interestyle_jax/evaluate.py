@@ -45,8 +45,9 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from interestyle_jax import artifacts, cli_utils, id_metric, metrics, synthetic_families
 from interestyle_jax.data import folder
-# _refine is the Inverter's own loop: evaluation and inversion cannot drift apart.
-from interestyle_jax.inference import _refine, average_image, load_inverter, resolve_model_dir
+# refine is the Inverter's (and training validation's) loop: they cannot drift apart.
+from interestyle_jax import inference
+from interestyle_jax.inference import average_image, load_inverter, resolve_model_dir
 from interestyle_jax.invert import too_small
 from interestyle_jax.ops import xla_options
 from interestyle_jax.ops.pooling import adaptive_avg_pool2d
@@ -81,9 +82,9 @@ def make_eval_fn(inverter, n_iters: int, mesh: Mesh, lpips_module=None,
   enc, gen, size = inverter.encoder, inverter.generator, inverter.encoder_size
 
   def per_device(variables, batch):
-    out = _refine(enc, gen, variables['encoder'], variables['generator'],
-                  variables['latent_avg'], batch['image'], n_iters, size,
-                  variables['avg_image'])
+    out = inference.refine(enc, gen, variables['encoder'], variables['generator'],
+                           variables['latent_avg'], batch['image'], n_iters, size,
+                           variables['avg_image'])
     t, b = out.iterations.shape[:2]
     y_hat = adaptive_avg_pool2d(out.iterations.reshape((t * b,) + out.iterations.shape[2:]),
                                 size)
