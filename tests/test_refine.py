@@ -7,8 +7,8 @@ checked against a Python loop written out here, and a spy checks that each
 one really calls ``refine``. The reference pools the 32 px generator output
 to the 16 px encoder size by a reshape-mean, uses BatchNorm running
 statistics that are not the identity, and the generator's const noise with
-non-zero noise weights, so a loop that used batch statistics, random noise
-or no pooling would differ.
+non-zero noise weights (every variable is random, none at its initial value),
+so a loop that used batch statistics, random noise or no pooling would differ.
 """
 
 import jax
@@ -22,8 +22,9 @@ from interestyle_jax.models.stylegan2 import Generator
 from interestyle_jax.training import evaluation
 from interestyle_jax.training import state as state_lib
 from interestyle_jax.training import step as step_lib
+from tests import tiny_checkpoint as tc
 
-SD, RES, SIZE, T, B = 16, 32, 16, 3, 4
+RES, SIZE, T, B = tc.RES, 16, 3, 4  # 32 px generator pooled to a 16 px encoder input
 SIGMAS = (0.8, 0.3, 0.0)
 TOL = 1e-5
 
@@ -32,24 +33,24 @@ pytestmark = pytest.mark.usefixtures('unoptimised_xla')
 
 @pytest.fixture(scope='module')
 def world():
-  gen = Generator(RES, style_dim=SD, n_mlp=1, width=4)
-  n = gen.n_styles
-  gv = jax.jit(gen.init)(jax.random.PRNGKey(0), jnp.zeros((1, n, SD)))
-  # Noise weights start at 0: make the const noise buffers matter.
-  gv = jax.tree_util.tree_map_with_path(
-      lambda p, a: a + 0.3 if any(getattr(k, 'key', None) == 'noise' for k in p) else a, gv)
-  enc = BackboneEncoder(n_styles=n, style_dim=SD, stage_units=(1, 1, 1, 1), width=4)
-  ev = jax.jit(enc.init)(jax.random.key(1, impl='rbg'), jnp.zeros((1, SIZE, SIZE, 6)))
-  # Running statistics that differ from any batch's: eval-mode BN must use them.
   rng = np.random.default_rng(0)
-  stats = jax.tree.map(lambda a: jnp.asarray(rng.uniform(0.5, 1.5, a.shape), jnp.float32),
-                       ev['batch_stats'])
-  ev = {'params': ev['params'], 'batch_stats': stats}
-  w_avg = jnp.asarray(rng.normal(0, 0.3, (n, SD)), jnp.float32)
+  gen = Generator(**tc.GENERATOR)
+  gv = tc.random_variables(gen, rng, jnp.zeros((1, tc.N_STYLES, tc.STYLE_DIM)))
+  enc = BackboneEncoder(**tc.ENCODER)
+  ev = tc.random_variables(enc, rng, jnp.zeros((1, SIZE, SIZE, 6)))
+  # Running statistics unlike any batch's: eval-mode BatchNorm must use them.
+  ev['batch_stats'] = jax.tree.map(
+      lambda a: rng.uniform(0.5, 1.5, a.shape).astype(np.float32), ev['batch_stats'])
+  w_avg = jnp.asarray(rng.normal(0, 0.3, (tc.N_STYLES, tc.STYLE_DIM)), jnp.float32)
   x = jnp.asarray(rng.uniform(-1, 1, (B, SIZE, SIZE, 3)), jnp.float32)
   m = jnp.asarray(rng.uniform(0, 1, (B, SIZE, SIZE, 1)), jnp.float32)
   target = jnp.asarray(rng.uniform(-1, 1, (B, SIZE, SIZE, 3)), jnp.float32)
-  return dict(gen=gen, enc=enc, ev=ev, gv=gv, w_avg=w_avg, x=x, m=m, target=target)
+  # The reference's network calls, one at a time, each jitted alone (op by op
+  # is slow on CPU); train=False is the default of BackboneEncoder.
+  encode = jax.jit(enc.apply)
+  generate = jax.jit(lambda v, w: gen.apply(v, w, noise_mode='const'))
+  return dict(gen=gen, enc=enc, ev=ev, gv=gv, w_avg=w_avg, x=x, m=m, target=target,
+              encode=encode, generate=generate)
 
 
 def pool(img):
@@ -60,13 +61,13 @@ def pool(img):
 
 def reference(wd, xs):
   """ReStyle's loop written out: latents and generator images of every iteration."""
-  enc, gen, ev, gv = wd['enc'], wd['gen'], wd['ev'], wd['gv']
+  ev, gv, encode, generate = wd['ev'], wd['gv'], wd['encode'], wd['generate']
   w = jnp.tile(wd['w_avg'][None], (B, 1, 1))
-  y = jnp.tile(pool(gen.apply(gv, wd['w_avg'][None], noise_mode='const')), (B, 1, 1, 1))
+  y = jnp.tile(pool(generate(gv, wd['w_avg'][None])), (B, 1, 1, 1))
   ws, imgs = [], []
   for t in range(T):
-    w = w + enc.apply(ev, jnp.concatenate([xs[t], y], axis=-1))  # train=False by default
-    img = gen.apply(gv, w, noise_mode='const')
+    w = w + encode(ev, jnp.concatenate([xs[t], y], axis=-1))
+    img = generate(gv, w)
     y = pool(img)
     ws.append(np.asarray(w))
     imgs.append(np.asarray(img))
