@@ -12,7 +12,8 @@ on the whole image and on the interest region (``m ⊙ ŷ`` vs ``m ⊙ y``, see
 :mod:`interestyle_jax.metrics`), averaged over the images: a printed table and,
 with ``--output``, a JSON file (nothing is written without it). Reconstructions are compared at the encoder size (the generator
 output average-pooled, as in training) with const noise and running BatchNorm
-statistics, exactly as the training run's validation does.
+statistics: the refinement is ``inference.refine``, the function the training
+run's validation and the ``Inverter`` run.
 
 ``--data`` is a folder with ``images/`` and ``masks/`` (paired by file stem,
 decoded by ``interestyle_jax.data.folder``; the target is the input image), or
