@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from common import bench, parse_ints  # benchmarks/ is on sys.path when run as a script
-from interestyle_jax.inference import _refine, average_image
+from interestyle_jax.inference import average_image, refine
 from interestyle_jax.models.encoder import BackboneEncoder
 from interestyle_jax.models.stylegan2 import Generator, n_styles_for
 
@@ -73,8 +73,8 @@ def main():
         fn, fargs = (lambda v, a: enc.apply(v, a)), (enc_vars, x6)
       elif mode == 'invert':
         # ŷ₀ = pool(G(w_avg)) is cached by Inverter, so it is not timed here.
-        fn = lambda ev, gv, la, a, y0: _refine(enc, gen, ev, gv, la, a, args.n_iters,
-                                               args.size, avg_image=y0)
+        fn = lambda ev, gv, la, a, y0: refine(enc, gen, ev, gv, la, a, args.n_iters,
+                                              args.size, avg_image=y0)
         fargs = (enc_vars, gen_vars, latent_avg, x, avg_image)
       else:
         raise SystemExit(f'unknown mode {mode!r}')

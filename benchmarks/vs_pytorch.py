@@ -160,8 +160,8 @@ def build(args, side=None):
   compiled = xla_options.compile_and_release(fn, state, frozen, batch, key)
   compile_s = time.perf_counter() - t0
   inv_cfg = step_config(args.iters, axis_name=None)
-  inv = xla_options.jit(lambda ev, fr, x: step_lib.invert(ev, fr, x, models=world.models,
-                                                           cfg=inv_cfg)[2][-1])
+  inv = xla_options.jit(lambda ev, fr, x: evaluation.refine(ev, fr, x, models=world.models,
+                                                            cfg=inv_cfg)[2][-1])
   out.update(compiled=compiled, state=state, frozen=frozen, batch=batch, key=key,
              compile_s=compile_s, inv=inv, world=world, tx_jax=tx)
   return out
@@ -230,8 +230,8 @@ def main():
   b = build(args)
   # Same weights and inputs: one inversion compared.
   want = torch_invert(b['enc'], b['gen'], b['latent_avg'], b['avg_image'], b['ti'], 1)
-  from interestyle_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
-  got = xla_options.jit(lambda ev, fr, x: step_lib.invert(
+  from interestyle_jax.training import evaluation  # pylint: disable=g-import-not-at-top
+  got = xla_options.jit(lambda ev, fr, x: evaluation.refine(
       ev, fr, x, models=b['world'].models, cfg=step_config(1, axis_name=None))[2][-1])(
           b['world'].encoder_variables, b['world'].frozen, b['xi'])
   parity = float(np.max(np.abs(np.asarray(got) - F.adaptive_avg_pool2d(

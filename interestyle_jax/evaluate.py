@@ -12,7 +12,8 @@ on the whole image and on the interest region (``m ⊙ ŷ`` vs ``m ⊙ y``, see
 :mod:`interestyle_jax.metrics`), averaged over the images: a printed table and,
 with ``--output``, a JSON file (nothing is written without it). Reconstructions are compared at the encoder size (the generator
 output average-pooled, as in training) with const noise and running BatchNorm
-statistics, exactly as the training run's validation does.
+statistics: the refinement is ``inference.refine``, the function the training
+run's validation and the ``Inverter`` run.
 
 ``--data`` is a folder with ``images/`` and ``masks/`` (paired by file stem,
 decoded by ``interestyle_jax.data.folder``; the target is the input image), or
@@ -45,8 +46,9 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from interestyle_jax import artifacts, cli_utils, id_metric, metrics, synthetic_families
 from interestyle_jax.data import folder
-# _refine is the Inverter's own loop: evaluation and inversion cannot drift apart.
-from interestyle_jax.inference import _refine, average_image, load_inverter, resolve_model_dir
+# refine is the Inverter's (and training validation's) loop: they cannot drift apart.
+from interestyle_jax import inference
+from interestyle_jax.inference import average_image, load_inverter, resolve_model_dir
 from interestyle_jax.invert import too_small
 from interestyle_jax.ops import xla_options
 from interestyle_jax.ops.pooling import adaptive_avg_pool2d
@@ -81,9 +83,9 @@ def make_eval_fn(inverter, n_iters: int, mesh: Mesh, lpips_module=None,
   enc, gen, size = inverter.encoder, inverter.generator, inverter.encoder_size
 
   def per_device(variables, batch):
-    out = _refine(enc, gen, variables['encoder'], variables['generator'],
-                  variables['latent_avg'], batch['image'], n_iters, size,
-                  variables['avg_image'])
+    out = inference.refine(enc, gen, variables['encoder'], variables['generator'],
+                           variables['latent_avg'], batch['image'], n_iters, size,
+                           variables['avg_image'])
     t, b = out.iterations.shape[:2]
     y_hat = adaptive_avg_pool2d(out.iterations.reshape((t * b,) + out.iterations.shape[2:]),
                                 size)

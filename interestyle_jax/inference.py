@@ -6,11 +6,13 @@
     out.latents      # [B, n_styles, D] W+ latents
     out.iterations   # [T, B, R, R, 3] reconstruction after each iteration
 
-Refinement (ReStyle): w₀ = latent_avg, ŷ₀ = pool(G(w₀)) with the const noise
-buffers; for t = 1..T: w ← w + E([x, ŷ]) (BatchNorm running statistics),
-ŷ ← pool(G(w)), where pool is PyTorch's adaptive average pooling to the
-encoder size. The whole loop is one ``jax.jit`` (a ``lax.scan``), compiled once
-per input shape and ``n_iters``.
+Refinement (ReStyle, :func:`refine`): w₀ = latent_avg, ŷ₀ = pool(G(w₀)) with
+the const noise buffers; for t = 1..T: w ← w + E([x, ŷ]) (BatchNorm running
+statistics), ŷ ← pool(G(w)), where pool is PyTorch's adaptive average pooling
+to the encoder size. :func:`refine` is the one refinement loop of the package:
+training's validation and image grids, ``evaluate`` and ``invert`` run it too.
+The whole loop is one ``jax.jit`` (a ``lax.scan``), compiled once per input
+shape and ``n_iters``.
 """
 
 import functools
@@ -53,27 +55,52 @@ def average_image(generator: Generator, gen_vars, latent_avg: jnp.ndarray,
   return adaptive_avg_pool2d(avg, encoder_size)
 
 
-def _refine(encoder: BackboneEncoder, generator: Generator, enc_vars, gen_vars,
-            latent_avg: jnp.ndarray, x: jnp.ndarray, n_iters: int, encoder_size: int,
-            avg_image: Optional[jnp.ndarray] = None) -> Inversion:
-  """The ReStyle loop on preprocessed ``x`` ([B, S, S, 3], [-1, 1]).
+def refine(encoder: BackboneEncoder, generator: Generator, encoder_variables,
+           generator_variables, latent_avg: jnp.ndarray, x: jnp.ndarray, n_iters: int,
+           encoder_size: int, avg_image: Optional[jnp.ndarray] = None) -> Inversion:
+  """The ReStyle refinement loop: the one that validation, evaluation and inversion run.
 
-  ``avg_image`` (ŷ₀) does not depend on ``x``; passing a cached one saves a
-  generator pass per call.
+  w₀ = latent_avg, ŷ₀ = the average image; for t = 1..T:
+  wₜ = wₜ₋₁ + E([xₜ, ŷₜ₋₁]) with BatchNorm running statistics, and
+  ŷₜ = pool(G(wₜ)) with the const noise buffers (pool: PyTorch's adaptive
+  average pooling to the encoder size). One ``lax.scan``; jit it.
+
+  Args:
+    encoder: the 6-channel ``BackboneEncoder``.
+    generator: the StyleGAN2 ``Generator``.
+    encoder_variables: ``{'params', 'batch_stats'}``.
+    generator_variables: ``{'params', 'noises'}``.
+    latent_avg: ``[n_styles, D]`` start latent.
+    x: ``[B, S, S, 3]`` encoder inputs in [-1, 1], the same every iteration,
+      or ``[T, B, S, S, 3]``: one input per iteration (training's UnF-filtered
+      x̃ₜ, shown in the training image grids).
+    n_iters: refinement iterations T.
+    encoder_size: S.
+    avg_image: ŷ₀ ``[S, S, 3]`` or ``[1, S, S, 3]``; it does not depend on
+      ``x``, so a cached one saves a generator pass per call (default: computed).
+
+  Returns:
+    An :class:`Inversion`; its ``iterations`` are the generator outputs at
+    its resolution (pool them to S for what the next iteration saw).
   """
-  b = x.shape[0]
+  per_iteration = x.ndim == 5
+  if per_iteration and x.shape[0] != n_iters:
+    raise ValueError(f'x holds {x.shape[0]} per-iteration inputs, n_iters is {n_iters}')
+  b = x.shape[-4]
   w0 = jnp.broadcast_to(latent_avg[None], (b,) + latent_avg.shape)
   if avg_image is None:
-    avg_image = average_image(generator, gen_vars, latent_avg, encoder_size)
-  y0 = jnp.broadcast_to(avg_image, (b,) + avg_image.shape[1:])
+    avg_image = average_image(generator, generator_variables, latent_avg, encoder_size)
+  y0 = jnp.broadcast_to(avg_image.reshape(avg_image.shape[-3:]), (b,) + avg_image.shape[-3:])
 
-  def step(carry, _):
+  def step(carry, x_t):
     w, y = carry
-    w = w + encoder.apply(enc_vars, jnp.concatenate([x, y], axis=-1), train=False)
-    img = generator.apply(gen_vars, w, noise_mode='const')
-    return (w, adaptive_avg_pool2d(img, encoder_size)), (img, w)
+    x_t = x if x_t is None else x_t
+    w = w + encoder.apply(encoder_variables, jnp.concatenate([x_t, y], axis=-1), train=False)
+    img = generator.apply(generator_variables, w, noise_mode='const')
+    return (w, adaptive_avg_pool2d(img, encoder_size).astype(y.dtype)), (img, w)
 
-  _, (imgs, ws) = jax.lax.scan(step, (w0, y0.astype(x.dtype)), None, length=n_iters)
+  _, (imgs, ws) = jax.lax.scan(step, (w0, y0.astype(x.dtype)), x if per_iteration else None,
+                               length=n_iters)
   return Inversion(images=imgs[-1], latents=ws[-1], iterations=imgs, iteration_latents=ws)
 
 
@@ -113,7 +140,7 @@ class Inverter:
     self.n_iters = int(n_iters)
     # Variables are arguments (not closed-over constants) so they are not
     # baked into the compiled program; jit caches per input shape / n_iters.
-    self._run = xla_options.jit(functools.partial(_refine, encoder, generator),
+    self._run = xla_options.jit(functools.partial(refine, encoder, generator),
                                 static_argnames=('n_iters', 'encoder_size'))
     self._avg_image = None  # ŷ₀, computed on first use
 

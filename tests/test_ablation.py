@@ -172,15 +172,25 @@ def test_summary_and_table():
                  '1': {'tests': {'own': {'mse_interest': 0.03, 'mse_interest_it0': 0.1,
                                          'mse_interest_it1': 0.03}}}},
   }
+  # Seed 0 is 10 % below the masked row, seed 1 10 % above it: unpaired the
+  # means differ by 2 %, paired the change is 0 ± 10 %.
+  runs['unf'] = {'0': {'tests': {'own': {'mse_interest': 0.018, 'mse_interest_it0': 0.1,
+                                         'mse_interest_it1': 0.018}}},
+                 '1': {'tests': {'own': {'mse_interest': 0.033, 'mse_interest_it0': 0.1,
+                                         'mse_interest_it1': 0.033}}}}
   s = ablate.summarise(runs, n_iters=1)
   assert s['restyle']['own']['mean'] == pytest.approx(0.05)
   assert s['restyle']['own']['std'] == pytest.approx(0.01)
   assert s['masked']['own']['vs_restyle'] == pytest.approx(0.025 / 0.05 - 1)
   assert s['masked']['own']['per_iteration_mean'] == pytest.approx([0.1, 0.025])
-  result = {'summary': s, 'variants': ['restyle', 'masked'], 'seeds': [0, 1], 'n_iters': 1,
-            'descriptions': ablate.DESCRIPTIONS}
+  assert 'vs_masked' not in s['masked']['own'] and 'vs_masked' not in s['restyle']['own']
+  assert s['unf']['own']['vs_masked']['mean'] == pytest.approx([0.0], abs=1e-12)
+  assert s['unf']['own']['vs_masked']['std'] == pytest.approx([0.1])
+  result = {'summary': s, 'variants': ['restyle', 'masked', 'unf'], 'seeds': [0, 1],
+            'n_iters': 1, 'descriptions': ablate.DESCRIPTIONS}
   table = ablate.format_table(result)
   assert '| + interest-region loss | 0.0250 ± 0.0050 (-50%) |' in table
+  assert '| + uninterest filter (UnF) | 1 | +0.0 ± 10.0% |' in table
 
 
 def test_ablate_command_trains_tables_plots_and_resumes(tmp_path):

@@ -37,7 +37,7 @@ def make_restyle_dir(path: str, seed: int = 0, n_iters: int = N_ITERS) -> str:
   k_gen, k_enc, k_avg = jax.random.split(jax.random.PRNGKey(seed), 3)
   gen = Generator(**GENERATOR)
   gen_vars = jax.jit(gen.init)(k_gen, jnp.zeros((1, N_STYLES, STYLE_DIM)))
-  enc_vars = _random_variables(BackboneEncoder(**ENCODER), np.random.default_rng(seed),
+  enc_vars = random_variables(BackboneEncoder(**ENCODER), np.random.default_rng(seed),
                               jnp.zeros((1, SIZE, SIZE, 6)))
   w_avg = jax.jit(lambda v, k: gen.apply(v, 256, k, method=gen.mean_latent))(gen_vars, k_avg)[0]
   tree = {'encoder': enc_vars, 'generator': dict(gen_vars),
@@ -47,7 +47,7 @@ def make_restyle_dir(path: str, seed: int = 0, n_iters: int = N_ITERS) -> str:
   return artifacts.save_artifact(path, tree, meta)
 
 
-def _random_variables(module, rng, *inputs):
+def random_variables(module, rng, *inputs):
   """Random variables of ``module`` filled from the shapes alone.
 
   ``init`` of these networks takes many seconds to run or compile on a busy
@@ -78,7 +78,7 @@ def _random_variables(module, rng, *inputs):
 def make_lpips_dir(path: str, seed: int = 1) -> str:
   """Writes a narrow random LPIPS directory (lin weights made non-negative)."""
   x = jnp.zeros((1, SIZE, SIZE, 3))
-  params = _random_variables(LPIPS(channels=(8,) * 5), np.random.default_rng(seed), x, x)['params']
+  params = random_variables(LPIPS(channels=(8,) * 5), np.random.default_rng(seed), x, x)['params']
   # LPIPS v0.1 lin weights are non-negative, so distances are >= 0.
   params = {k: (jax.tree_util.tree_map(jnp.abs, v) if k.startswith('lin') else v)
             for k, v in params.items()}
@@ -89,7 +89,7 @@ def make_lpips_dir(path: str, seed: int = 1) -> str:
 def make_arcface_dir(path: str, seed: int = 2) -> str:
   """Writes a narrow random ArcFace directory (16 px input, 32-d embedding)."""
   kwargs = dict(stage_units=[1, 1, 1, 1], width=8, input_size=16, embedding_dim=32)
-  variables = _random_variables(ArcFace(**kwargs), np.random.default_rng(seed),
+  variables = random_variables(ArcFace(**kwargs), np.random.default_rng(seed),
                                jnp.zeros((1, 16, 16, 3)))
   return artifacts.save_artifact(path, {'arcface': dict(variables)},
                                  {'kind': 'arcface', 'arcface': kwargs})

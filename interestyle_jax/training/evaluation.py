@@ -1,7 +1,8 @@
 """Validation metrics: whole-image and interest-region, as clu collections.
 
 Per held-out image, after T refinement iterations with x̃ = x, const noise and
-running BatchNorm statistics:
+running BatchNorm statistics (:func:`refine`: the Inverter's own loop,
+:func:`interestyle_jax.inference.refine`):
 
 * ``loss``: the training objective's reconstruction part (λ-weighted L2 /
   LPIPS / ID on the interest region, or on the whole image with
@@ -21,14 +22,53 @@ running BatchNorm statistics:
 Padding examples (``valid == 0``) are excluded through the metrics' masks.
 """
 
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
+import jax
 import jax.numpy as jnp
 from clu import metrics as clu_metrics
 from jax import lax
 
-from interestyle_jax import losses
-from interestyle_jax.training.step import Models, StepConfig, _perceptual_fns, invert
+from interestyle_jax import filter as unf
+from interestyle_jax import inference, losses
+from interestyle_jax.ops.pooling import adaptive_avg_pool2d
+from interestyle_jax.training.step import Models, StepConfig, _perceptual_fns
+
+
+def refine(encoder_variables, frozen: Dict[str, Any], x: jnp.ndarray, *, models: Models,
+           cfg: StepConfig, mask: Optional[jnp.ndarray] = None,
+           apply_filter: bool = False):
+  """:func:`interestyle_jax.inference.refine` (the Inverter's loop) on training's arguments.
+
+  Args:
+    encoder_variables: ``{'params', 'batch_stats'}`` of the encoder.
+    frozen: the replicated constants ('generator', 'latent_avg', 'avg_image').
+    x: ``[b, S, S, 3]`` images.
+    models: the modules.
+    cfg: static settings (T, σ, the encoder size).
+    mask: interest mask (needed with ``apply_filter``).
+    apply_filter: feed the UnF-filtered training inputs x̃ₜ (the training
+      image grids); validation and inference use x̃ = x.
+
+  Returns:
+    ``(w, x_tilde, y_hats)``: final latents ``[b, n, D]``, the encoder inputs
+    ``[T, b, S, S, 3]`` and every iteration's output at the encoder size
+    ``[T, b, S, S, 3]``.
+  """
+  if apply_filter:
+    x_tilde = jax.vmap(lambda s: unf.uninterest_filter(
+        x, mask, s, cfg.radius, cfg.filter_region, cfg.filter_padding))(
+            jnp.asarray(cfg.sigmas, jnp.float32))
+  else:
+    x_tilde = jnp.broadcast_to(x, (cfg.n_iters,) + x.shape)
+  out = inference.refine(models.encoder, models.generator, encoder_variables,
+                         frozen['generator'], frozen['latent_avg'],
+                         x_tilde if apply_filter else x, cfg.n_iters, cfg.encoder_size,
+                         frozen['avg_image'])
+  t, b = out.iterations.shape[:2]
+  y_hats = adaptive_avg_pool2d(out.iterations.reshape((t * b,) + out.iterations.shape[2:]),
+                               cfg.encoder_size).reshape((t, b) + x.shape[1:])
+  return out.latents, x_tilde, y_hats
 
 
 def ssim(a: jnp.ndarray, b: jnp.ndarray, data_range: float = 2.0,
@@ -124,7 +164,7 @@ def eval_step(state, frozen: Dict[str, Any], batch: Dict[str, jnp.ndarray], *,
   """
   x, m = batch['image'], batch['mask']
   target = batch.get('target', x)
-  w, _, y_hats = invert(state.encoder_variables, frozen, x, models=models, cfg=cfg)
+  w, _, y_hats = refine(state.encoder_variables, frozen, x, models=models, cfg=cfg)
   y_hat = y_hats[-1]
   lpips_fn, id_embed = _perceptual_fns(models, frozen)
   ones = jnp.ones_like(m)
@@ -177,7 +217,7 @@ def visualize(state, frozen, batch, *, models: Models, cfg: StepConfig,
     batch has one.
   """
   x, m = batch['image'], batch['mask']
-  _, x_tilde, y_hats = invert(state.encoder_variables, frozen, x, models=models,
+  _, x_tilde, y_hats = refine(state.encoder_variables, frozen, x, models=models,
                               cfg=cfg, mask=m, apply_filter=apply_filter)
 
   def to_unit(images):

@@ -370,45 +370,6 @@ def train_step(state: TrainState, frozen: Dict[str, Any], batch: Dict[str, jnp.n
   return apply_gradients(state, grads, batch_stats, tx), metrics
 
 
-def invert(encoder_variables, frozen, x: jnp.ndarray, *, models: Models,
-           cfg: StepConfig, mask: Optional[jnp.ndarray] = None,
-           apply_filter: bool = False):
-  """Inference-mode refinement (running BN statistics, const noise).
-
-  Args:
-    encoder_variables: ``{'params', 'batch_stats'}`` of the encoder.
-    frozen: the replicated constants (see :func:`train_step`).
-    x: ``[b, S, S, 3]`` images.
-    models: the modules.
-    cfg: static settings.
-    mask: interest mask (needed with ``apply_filter``).
-    apply_filter: feed UnF-filtered inputs (to visualise training inputs);
-      validation and inference use x̃ = x.
-
-  Returns:
-    ``(w, x_tilde, y_hats)``: final latents ``[b, n, D]``, the encoder inputs
-    ``[T, b, S, S, 3]`` and the outputs of every iteration ``[T, b, S, S, 3]``.
-  """
-  params = encoder_variables['params']
-  batch_stats = encoder_variables.get('batch_stats', {})
-  sigmas = jnp.asarray(cfg.sigmas, jnp.float32)
-
-  def step_fn(carry, sigma):
-    w_prev, y_prev = carry
-    x_in = x
-    if apply_filter:
-      x_in = unf.uninterest_filter(x, mask, sigma, cfg.radius, cfg.filter_region,
-                                   cfg.filter_padding)
-    delta, _ = _encode(models, params, batch_stats, x_in, y_prev, False)
-    w = w_prev + delta
-    y_hat = render(models, frozen, w, cfg.encoder_size, 'const')
-    return (w, y_hat), (x_in, y_hat)
-
-  (w, _), (x_tilde, y_hats) = lax.scan(step_fn, initial_estimate(frozen, x.shape[0]),
-                                       sigmas)
-  return w, x_tilde, y_hats
-
-
 def train_metric_names(cfg: StepConfig):
   """Names of the scalars :func:`train_step` returns for ``cfg``.
 
