@@ -122,7 +122,7 @@ def _finished(run_dir: str, config) -> Dict[str, Any]:
 def _folder_tests(run_dir: str, test_dirs: Mapping[str, str], batch_size: int
                   ) -> Dict[str, Dict[str, float]]:
   """Evaluates a run's inference export on each ``--test_dirs`` folder."""
-  from interestyle_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from interestyle_jax import scoring  # pylint: disable=g-import-not-at-top
   from interestyle_jax.data import folder  # pylint: disable=g-import-not-at-top
   from interestyle_jax.inference import load_inverter  # pylint: disable=g-import-not-at-top
   inverter = load_inverter(run_dir)
@@ -130,9 +130,9 @@ def _folder_tests(run_dir: str, test_dirs: Mapping[str, str], batch_size: int
   for name, root in test_dirs.items():
     skipped: List = []
     pairs = folder.pair_folder(root)
-    batches = evaluate.folder_batches(root, inverter.encoder_size, batch_size, None, skipped,
+    batches = scoring.folder_batches(root, inverter.encoder_size, batch_size, None, skipped,
                                       pairs=pairs)
-    result = evaluate.evaluate(inverter, batches, inverter.n_iters, total=len(pairs))
+    result = scoring.evaluate(inverter, batches, inverter.n_iters, total=len(pairs))
     out[name] = {k: v[-1] for k, v in result['metrics'].items()}
     for t, v in enumerate(result['metrics'].get('mse_interest', [])):
       out[name][f'mse_interest_it{t + 1}'] = v

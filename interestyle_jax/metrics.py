@@ -20,10 +20,10 @@ loss definition), not a mean over the masked area only.
 from typing import Any, Dict, Optional, Tuple
 
 import jax.numpy as jnp
+from jax import lax
 
 from interestyle_jax import losses
 from interestyle_jax.models import arcface
-from interestyle_jax.training.evaluation import ssim as _ssim
 
 # (module, variables) of a loaded network, as load_lpips / load_arcface return.
 Net = Tuple[Any, Any]
@@ -49,6 +49,46 @@ def mse(a: jnp.ndarray, b: jnp.ndarray, mask: Optional[jnp.ndarray] = None) -> j
     ``[B]`` mean over pixels and channels.
   """
   return losses.interest_l2(a, b, 1.0 if mask is None else mask)
+
+
+def _ssim(a: jnp.ndarray, b: jnp.ndarray, data_range: float = 2.0,
+         win_size: int = 11, sigma: float = 1.5) -> jnp.ndarray:
+  """Per-image SSIM (Wang et al. 2004), Gaussian window, valid region only.
+
+  Args:
+    a: ``[B, H, W, C]`` images.
+    b: same shape.
+    data_range: value range (2 for images in [-1, 1]).
+    win_size: window side (clipped to the image size, kept odd).
+    sigma: Gaussian window σ.
+
+  Returns:
+    ``[B]`` SSIM averaged over positions and channels.
+  """
+  win = min(win_size, a.shape[1], a.shape[2])
+  win -= 1 - win % 2
+  offs = jnp.arange(win, dtype=jnp.float32) - (win - 1) / 2
+  g = jnp.exp(-0.5 * jnp.square(offs / sigma))
+  g = g / jnp.sum(g)
+  c = a.shape[-1]
+
+  def filt(x):
+    for axis in (1, 2):
+      shape = (win, 1) if axis == 1 else (1, win)
+      k = jnp.broadcast_to(g.reshape(shape + (1, 1)), shape + (1, c))
+      x = lax.conv_general_dilated(x, k, (1, 1), 'VALID',
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                   feature_group_count=c)
+    return x
+
+  c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+  mu_a, mu_b = filt(a), filt(b)
+  s_aa = filt(a * a) - mu_a ** 2
+  s_bb = filt(b * b) - mu_b ** 2
+  s_ab = filt(a * b) - mu_a * mu_b
+  s = ((2 * mu_a * mu_b + c1) * (2 * s_ab + c2)) / (
+      (mu_a ** 2 + mu_b ** 2 + c1) * (s_aa + s_bb + c2))
+  return jnp.mean(s, axis=(1, 2, 3))
 
 
 def ssim(a: jnp.ndarray, b: jnp.ndarray, mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:

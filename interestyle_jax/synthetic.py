@@ -35,6 +35,11 @@ from interestyle_jax import synthetic_families as families_lib
 from interestyle_jax.models.stylegan2 import Generator
 
 
+# The config.synthetic fields that define the world's Generator (a checkpoint's
+# generator is the world's only if they agree).
+GENERATOR_FIELDS = ('resolution', 'style_dim', 'n_mlp', 'channel_multiplier', 'width')
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (sampler cache)
 class World:
   """The frozen generator and the constants of the synthetic world.

@@ -27,12 +27,11 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 from clu import metrics as clu_metrics
-from jax import lax
 
 from interestyle_jax import filter as unf
-from interestyle_jax import inference, losses
+from interestyle_jax import inference, losses, metrics
 from interestyle_jax.ops.pooling import adaptive_avg_pool2d
-from interestyle_jax.training.step import Models, StepConfig, _perceptual_fns
+from interestyle_jax.training.step import Models, StepConfig, perceptual_fns
 
 
 def refine(encoder_variables, frozen: Dict[str, Any], x: jnp.ndarray, *, models: Models,
@@ -69,46 +68,6 @@ def refine(encoder_variables, frozen: Dict[str, Any], x: jnp.ndarray, *, models:
   y_hats = adaptive_avg_pool2d(out.iterations.reshape((t * b,) + out.iterations.shape[2:]),
                                cfg.encoder_size).reshape((t, b) + x.shape[1:])
   return out.latents, x_tilde, y_hats
-
-
-def ssim(a: jnp.ndarray, b: jnp.ndarray, data_range: float = 2.0,
-         win_size: int = 11, sigma: float = 1.5) -> jnp.ndarray:
-  """Per-image SSIM (Wang et al. 2004), Gaussian window, valid region only.
-
-  Args:
-    a: ``[B, H, W, C]`` images.
-    b: same shape.
-    data_range: value range (2 for images in [-1, 1]).
-    win_size: window side (clipped to the image size, kept odd).
-    sigma: Gaussian window σ.
-
-  Returns:
-    ``[B]`` SSIM averaged over positions and channels.
-  """
-  win = min(win_size, a.shape[1], a.shape[2])
-  win -= 1 - win % 2
-  offs = jnp.arange(win, dtype=jnp.float32) - (win - 1) / 2
-  g = jnp.exp(-0.5 * jnp.square(offs / sigma))
-  g = g / jnp.sum(g)
-  c = a.shape[-1]
-
-  def filt(x):
-    for axis in (1, 2):
-      shape = (win, 1) if axis == 1 else (1, win)
-      k = jnp.broadcast_to(g.reshape(shape + (1, 1)), shape + (1, c))
-      x = lax.conv_general_dilated(x, k, (1, 1), 'VALID',
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                   feature_group_count=c)
-    return x
-
-  c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-  mu_a, mu_b = filt(a), filt(b)
-  s_aa = filt(a * a) - mu_a ** 2
-  s_bb = filt(b * b) - mu_b ** 2
-  s_ab = filt(a * b) - mu_a * mu_b
-  s = ((2 * mu_a * mu_b + c1) * (2 * s_ab + c2)) / (
-      (mu_a ** 2 + mu_b ** 2 + c1) * (s_aa + s_bb + c2))
-  return jnp.mean(s, axis=(1, 2, 3))
 
 
 def metric_names(cfg: StepConfig, models: Models, has_latent: bool) -> Tuple[str, ...]:
@@ -166,7 +125,7 @@ def eval_step(state, frozen: Dict[str, Any], batch: Dict[str, jnp.ndarray], *,
   target = batch.get('target', x)
   w, _, y_hats = refine(state.encoder_variables, frozen, x, models=models, cfg=cfg)
   y_hat = y_hats[-1]
-  lpips_fn, id_embed = _perceptual_fns(models, frozen)
+  lpips_fn, id_embed = perceptual_fns(models, frozen)
   ones = jnp.ones_like(m)
   terms = losses.reconstruction_terms(y_hat, x, cfg.loss_mask(m), cfg.weights, lpips_fn,
                                       id_embed)
@@ -176,8 +135,8 @@ def eval_step(state, frozen: Dict[str, Any], batch: Dict[str, jnp.ndarray], *,
       'loss': losses.weighted_sum(terms, cfg.weights),
       'mse': losses.interest_l2(y_hat, target, ones),
       'mse_interest': losses.interest_l2(y_hat, target, m),
-      'ssim': ssim(y_hat, target),
-      'ssim_interest': ssim(m * y_hat, m * target),
+      'ssim': metrics.ssim(y_hat, target),
+      'ssim_interest': metrics.ssim(y_hat, target, m),
   }
   if lpips_fn is not None:
     out['lpips'] = lpips_fn(y_hat, target)

@@ -26,7 +26,6 @@ from interestyle_jax.training.config import ConfigError, encoder_sigmas
 from interestyle_jax.training.step import Models, StepConfig, scan_unroll
 
 AXIS = 'batch'
-GENERATOR_FIELDS = ('resolution', 'style_dim', 'n_mlp', 'channel_multiplier', 'width')
 
 
 @dataclasses.dataclass

@@ -146,7 +146,16 @@ def _pmean(tree, axis_name):
   return tree if axis_name is None else lax.pmean(tree, axis_name)
 
 
-def _perceptual_fns(models: Models, frozen: Dict[str, Any]):
+def perceptual_fns(models: Models, frozen: Dict[str, Any]):
+  """The optional loss networks as functions of images (training and validation).
+
+  Args:
+    models: the modules (``lpips`` / ``arcface`` may be None).
+    frozen: the replicated constants holding their variables.
+
+  Returns:
+    ``(lpips_fn(a, b) or None, id_embed(x) or None)``.
+  """
   lpips_fn = id_embed = None
   if models.lpips is not None:
     lpips_fn = lambda a, b: models.lpips.apply(frozen['lpips'], a, b)
@@ -239,7 +248,7 @@ def loss_and_grads(params, batch_stats, frozen: Dict[str, Any],
   x, m = batch['image'], batch['mask']
   m_loss = cfg.loss_mask(m)
   w_avg = frozen['latent_avg']
-  lpips_fn, id_embed = _perceptual_fns(models, frozen)
+  lpips_fn, id_embed = perceptual_fns(models, frozen)
   dt = cfg.dtype
   # The generator runs in the compute dtype; its float32 image is pooled.
   gen_frozen = {'generator': _cast(frozen['generator'], dt)}
