@@ -92,7 +92,13 @@ def _join_job() -> None:
     return
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          initialization_timeout=FLAGS.initialization_timeout,
-                         heartbeat_timeout=FLAGS.heartbeat_timeout)
+                         heartbeat_timeout=FLAGS.heartbeat_timeout,
+                         on_peer_lost=_peer_lost)
+
+
+def _peer_lost(message: str) -> None:
+  _error(message)
+  _hard_exit(1)
 
 
 def main(argv):
@@ -104,11 +110,14 @@ def main(argv):
     logging.info('JAX process %d / %d, %d local devices (%s)', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.default_backend())
     loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    distributed.finish()
   except ConfigError as e:
     # The message names the field or file and the fix; a traceback would bury it.
+    distributed.finish()
     _error(str(e))
     sys.exit(2)
   except Preempted as p:
+    distributed.finish()
     logging.warning('%s', p)
     print(f'train.py: {p}; re-run the same command to resume', file=sys.stderr, flush=True)
     sys.exit(p.exit_status)

@@ -26,6 +26,10 @@ TINY = {
     'model.encoder.width': 4, 'filter.sigmas': '(16.0,0.0)', 'synthetic.resolution': 16,
     'synthetic.style_dim': 16, 'synthetic.width': 8, 'synthetic.n_mlp': 1,
     'synthetic.num_heldout': 8, 'data.image_size': 16, 'synthetic.test_families': '("skin",)',
+    # The main job's 2e-3 amplifies the layouts' float32 rounding differences to
+    # 2.5e-5 relative in 12 steps (a BatchNorm variance); at 1e-3 they stay
+    # within 7e-6, under the 1e-5 the layout test holds them to.
+    'optim.lr': 1e-3,
 }
 
 

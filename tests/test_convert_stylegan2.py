@@ -315,7 +315,7 @@ def test_failed_write_leaves_no_output(ckpt_file, tmp_path, monkeypatch, capsys)
 
   monkeypatch.setattr(artifacts, '_local_checkpointer', DiskFull)
   assert convert_main(['stylegan2', src, str(tmp_path / 'new')]) == 1
-  assert 'No space left on device' in capsys.readouterr().err
+  assert 'error: no space left on the device holding' in capsys.readouterr().err
   assert convert_main(['stylegan2', src, str(kept), '--overwrite']) == 1
   assert sorted(os.listdir(tmp_path)) == ['kept']  # no 'new', no .partial-*
   assert sorted(p.relative_to(kept) for p in kept.rglob('*')) == before  # old model intact

@@ -300,7 +300,7 @@ def test_lock_is_exclusive_taken_over_when_stale_and_released(tmp_path, warnings
 
 @pytest.mark.parametrize('field,old,new', [('synthetic.seed', 0, 1),
                                            ('model.encoder.width', 4, 8),
-                                           ('optim.lr', 1e-3, 2e-3)])
+                                           ('optim.lr', 2e-3, 4e-3)])
 def test_resume_with_a_changed_model_or_world_is_refused(trained, tmp_path, field, old, new):
   run = copy_run(trained, tmp_path)
   before = open(os.path.join(run, 'config.json')).read()

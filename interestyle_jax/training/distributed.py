@@ -20,6 +20,16 @@ the same program over the global device mesh. What this module adds:
   processes together.
 - :func:`peer_lost_message`: recognises the error a collective raises when
   another process of the job died.
+- The lifeline: with an explicit layout every process keeps one TCP
+  connection to process 0 from the rendezvous on. The kernel closes it the
+  moment a process dies (kill -9, a crash, ``os._exit``), so the others stop
+  at once with one line, whatever they are doing. Without it, a process that
+  is outside a collective when its peer dies (compiling, evaluating, writing)
+  learns of it only from JAX's heartbeats, and JAX's coordination client then
+  *aborts* the process (SIGABRT, a C++ fatal error); its Python
+  ``missed_heartbeat_callback`` cannot be used either (jaxlib 0.10 throws
+  ``std::bad_cast`` converting the status). :func:`finish` says goodbye on
+  the lifeline, so an orderly exit is not taken for a death.
 
 With one process every function is a local no-op, so single-host runs take
 no collective at all.
@@ -27,9 +37,11 @@ no collective at all.
 
 import json
 import os
+import select
 import socket
+import threading
 import time
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -45,6 +57,13 @@ DEFAULT_HEARTBEAT_TIMEOUT = 60
 
 class DistributedError(ConfigError):
   """The multi-process job cannot start or go on (one line, with the fix)."""
+
+
+# The lifeline's connections to the other processes, as (socket, process id):
+# process 0 holds one per process, the others one to process 0.
+_lifelines: List[Tuple[socket.socket, int]] = []
+_finishing = threading.Event()
+_BYE = b'bye\n'
 
 
 def _first_line(error: BaseException, limit: int = 300) -> str:
@@ -110,6 +129,10 @@ def _serve_rendezvous(port: int, num_processes: int, deadline: float) -> None:
     raise DistributedError(
         f'process 0 cannot listen on port {port} of --coordinator_address ({e.strerror}): '
         'choose a free port') from e
+  # The lifeline listens on a port of the OS's choosing, told to the others in
+  # the verdict, so that JAX's service can take the coordinator's port.
+  lifeline = socket.create_server(('', 0), family=server.family,
+                                  dualstack_ipv6=server.family == socket.AF_INET6)
   seen: Dict[int, socket.socket] = {}
   problems = []
   with server:
@@ -139,13 +162,39 @@ def _serve_rendezvous(port: int, num_processes: int, deadline: float) -> None:
           f'{len(missing)} of the {num_processes} processes did not reach the coordinator '
           f'within the --initialization_timeout (missing --process_id '
           f'{", ".join(map(str, missing))})')
-    answer = 'error ' + '; '.join(problems) if problems else 'ok'
+    answer = ('error ' + '; '.join(problems) if problems
+              else f'ok {lifeline.getsockname()[1]}')
     for conn in seen.values():
       _reply(conn, answer)
-  if problems:
-    raise DistributedError('; '.join(problems) + '. Start every process with the same '
-                           '--coordinator_address and --num_processes and its own '
-                           '--process_id')
+  with lifeline:
+    if problems:
+      raise DistributedError('; '.join(problems) + '. Start every process with the same '
+                             '--coordinator_address and --num_processes and its own '
+                             '--process_id')
+    _accept_lifelines(lifeline, num_processes, deadline)
+
+
+def _accept_lifelines(server: socket.socket, num_processes: int, deadline: float) -> None:
+  """Process 0: takes one lifeline connection from every other process."""
+  ids = set()
+  while len(ids) < num_processes - 1:
+    server.settimeout(max(0.1, deadline - time.time()))
+    try:
+      conn, _ = server.accept()
+      i = int(_read_line(conn, deadline))
+    except socket.timeout:
+      break
+    except (OSError, ValueError):
+      continue
+    conn.settimeout(None)
+    ids.add(i)
+    _lifelines.append((conn, i))
+  missing = sorted(set(range(1, num_processes)) - ids)
+  if missing:
+    raise DistributedError(
+        f'process(es) {", ".join(map(str, missing))} passed the rendezvous but never '
+        'opened their lifeline to process 0 within the --initialization_timeout (did they '
+        'die, or does a firewall block ports other than the coordinator\'s?)')
 
 
 def _join_rendezvous(host: str, port: int, num_processes: int, process_id: int,
@@ -162,7 +211,8 @@ def _join_rendezvous(host: str, port: int, num_processes: int, process_id: int,
       last = e.strerror or str(e)
       time.sleep(0.25)
       continue
-    if answer == 'ok':
+    if answer.startswith('ok '):
+      _open_lifeline(host, int(answer.split()[1]), process_id, deadline)
       return
     if answer.startswith('error '):
       raise DistributedError(f'process 0 refused this process: {answer[6:]}. Start every '
@@ -174,6 +224,55 @@ def _join_rendezvous(host: str, port: int, num_processes: int, process_id: int,
       f'could not reach process 0 at {host}:{port} within the --initialization_timeout '
       f'({last}). Start process 0 (it hosts the coordinator) and check the address is this '
       'host\'s route to it')
+
+
+def _open_lifeline(host: str, port: int, process_id: int, deadline: float) -> None:
+  """Processes 1..N-1: connects the lifeline to process 0 and names itself."""
+  try:
+    conn = socket.create_connection((host, port), timeout=max(0.1, deadline - time.time()))
+    conn.sendall(f'{process_id}\n'.encode())
+  except OSError as e:
+    raise DistributedError(
+        f'could not open the lifeline to process 0 at {host}:{port} ({e.strerror or e}): '
+        'the hosts must reach each other on any TCP port, as gloo and NCCL need too') from e
+  conn.settimeout(None)
+  _lifelines.append((conn, 0))
+
+
+def _watch_lifelines(on_lost: Callable[[str], None]) -> None:
+  """Calls ``on_lost`` once a lifeline closes without a goodbye (runs in a thread)."""
+  live = dict(_lifelines)
+  while live:
+    readable, _, _ = select.select(list(live), [], [])
+    for conn in readable:
+      try:
+        data = conn.recv(64)
+      except OSError:
+        data = b''
+      if data.startswith(_BYE):
+        live.pop(conn)  # that process ended in order
+        continue
+      if data or _finishing.is_set():
+        continue
+      i = live.pop(conn)
+      on_lost(f'lost contact with another process of this job: process {i} is gone (it '
+              'was killed, crashed or lost its host). The job stops; restart every process '
+              'with the same command to resume from the latest checkpoint')
+      return
+
+
+def finish() -> None:
+  """Says goodbye on the lifelines: this process ends in order (success, refusal, preemption).
+
+  Call it before an orderly exit of a multi-process job; without it the other
+  processes take the closing connection for a death and stop with status 1.
+  """
+  _finishing.set()
+  for conn, _ in _lifelines:
+    try:
+      conn.sendall(_BYE)
+    except OSError:
+      pass  # that process is gone already
 
 
 def _rendezvous(coordinator_address: str, num_processes: int, process_id: int,
@@ -205,7 +304,8 @@ def initialize(coordinator_address: Optional[str] = None,
                num_processes: Optional[int] = None,
                process_id: Optional[int] = None,
                initialization_timeout: int = 300,
-               heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT) -> None:
+               heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT,
+               on_peer_lost: Optional[Callable[[str], None]] = None) -> None:
   """Joins this process to the job (``jax.distributed.initialize``).
 
   Arguments left None are detected by JAX from the cluster environment
@@ -218,6 +318,9 @@ def initialize(coordinator_address: Optional[str] = None,
     initialization_timeout: seconds to wait for all processes to connect.
     heartbeat_timeout: seconds without a heartbeat after which a process is
       declared dead and the others stop.
+    on_peer_lost: called (from a thread) with a one-line message when another
+      process of an explicitly laid-out job dies; it should end this process.
+      Auto-detected jobs rely on JAX's heartbeats alone.
 
   Raises:
     DistributedError: bad flags, no cluster environment to detect, a
@@ -252,6 +355,9 @@ def initialize(coordinator_address: Optional[str] = None,
         '--num_processes, each with its own --process_id, and check that the address is '
         'reachable from this host') from e
   wrong = num_processes is not None and jax.process_count() != num_processes
+  if on_peer_lost is not None and _lifelines:
+    threading.Thread(target=_watch_lifelines, args=(on_peer_lost,), daemon=True,
+                     name='lifeline').start()
   agree(DistributedError(
       f'--num_processes={num_processes}, but the job has {jax.process_count()} processes: '
       'start every process with the same --num_processes') if wrong else None)
