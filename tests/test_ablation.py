@@ -255,7 +255,8 @@ def test_ablate_on_folder_data_with_extra_test_dirs(tmp_path):
          '--config.batch_size=4', '--config.eval_batch_size=4', '--config.log_every_steps=1',
          '--config.eval_every_steps=2', '--config.checkpoint_every_steps=2',
          '--config.image_every_steps=2', '--config.num_grid_images=2',
-         '--config.model.n_iters=2', '--config.filter.sigmas=(16.0,0.0)']
+         '--config.model.n_iters=2', '--config.filter.sigmas=(16.0,0.0)',
+         '--config.model.encoder.width=4']
   env = {**os.environ, 'PYTHONPATH': REPO}
   out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
