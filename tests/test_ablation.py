@@ -195,8 +195,9 @@ def test_summary_and_table():
 
 def test_ablate_command_trains_tables_plots_and_resumes(tmp_path):
   workdir = str(tmp_path / 'ablation')
-  overrides = [f'--config.{k}={v}' for k, v in TINY.items()]
-  # (A tuple field given twice would be concatenated: TINY sets filter.sigmas.)
+  # (A tuple field given twice would be concatenated: TINY sets filter.sigmas,
+  # and its test family is replaced below.)
+  overrides = [f'--config.{k}={v}' for k, v in TINY.items() if k != 'synthetic.test_families']
   overrides += ['--config.synthetic.families=("classic",)',
                 '--config.synthetic.test_families=("checker",)']
   cmd = [sys.executable, '-m', 'interestyle_jax.ablate', '--config',
